@@ -1,0 +1,135 @@
+//! The `kiln` command-line tool: inspect runs, query the store with SQL, list and serve models.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use kiln_serve::{LoadedModel, ServerHandle};
+use kiln_track::Store;
+
+/// kiln: an ML research platform for HPC labs.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about)]
+struct Cli {
+    /// The tracking store (default: $KILN_STORE, else ./kiln-store).
+    #[arg(long, global = true, env = "KILN_STORE")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// List runs, oldest first.
+    Runs {
+        /// Only runs of this experiment.
+        #[arg(long, short)]
+        experiment: Option<String>,
+    },
+    /// Run a SQL query over the lakehouse tables (experiment_runs, run_params, run_metrics,
+    /// epoch_metrics, model_registry).
+    Sql {
+        /// The query.
+        query: String,
+    },
+    /// List registered models, or the versions of one.
+    Models {
+        /// A model name.
+        name: Option<String>,
+    },
+    /// Serve registered models over KServe v2 HTTP until interrupted.
+    Serve {
+        /// Models as NAME or NAME@REF (REF: version number, alias, or latest; default production).
+        #[arg(long = "model", short, required = true)]
+        models: Vec<String>,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: String,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let store = match &cli.store {
+        Some(p) => Store::open(p)?,
+        None => Store::from_env()?,
+    };
+    match cli.command {
+        Command::Runs { experiment } => {
+            println!("{:<20}  {:<16}  {:<9}  {:>9}  metrics", "run", "experiment", "status", "seconds");
+            for run in store.runs(experiment.as_deref())? {
+                let seconds = run
+                    .summary
+                    .as_ref()
+                    .map(|s| format!("{:.1}", (s.end_ms - run.meta.start_ms) as f64 / 1000.0))
+                    .unwrap_or_default();
+                let metrics: Vec<String> = run.final_metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
+                println!(
+                    "{:<20}  {:<16}  {:<9}  {:>9}  {}",
+                    run.meta.run_id,
+                    run.meta.experiment,
+                    run.status().as_str(),
+                    seconds,
+                    metrics.join(" ")
+                );
+            }
+        }
+        Command::Sql { query } => {
+            println!("{}", store.sql(&query)?);
+        }
+        Command::Models { name: None } => {
+            let registry = store.registry();
+            for model in registry.models()? {
+                let versions = registry.versions(&model)?;
+                let aliases: Vec<String> =
+                    registry.aliases(&model)?.into_iter().map(|(a, v)| format!("{a}=v{v}")).collect();
+                println!("{model}  {} version(s)  {}", versions.len(), aliases.join(" "));
+            }
+        }
+        Command::Models { name: Some(model) } => {
+            let registry = store.registry();
+            let aliases = registry.aliases(&model)?;
+            for v in registry.versions(&model)? {
+                let names: Vec<&str> =
+                    aliases.iter().filter(|(_, n)| **n == v.version).map(|(a, _)| a.as_str()).collect();
+                let metrics: Vec<String> = v.options.metrics.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
+                println!(
+                    "v{}  run {}  {}  {}",
+                    v.version,
+                    v.options.run_id.as_deref().unwrap_or("-"),
+                    metrics.join(" "),
+                    names.join(",")
+                );
+            }
+        }
+        Command::Serve { models, addr } => {
+            let mut loaded = Vec::new();
+            for spec in &models {
+                let (name, reference) = spec.split_once('@').unwrap_or((spec.as_str(), "production"));
+                if name.is_empty() {
+                    bail!("--model {spec:?}: expected NAME or NAME@REF");
+                }
+                loaded.push(
+                    LoadedModel::from_registry(&store, name, reference).with_context(|| format!("loading {spec}"))?,
+                );
+            }
+            let server = ServerHandle::start(&addr, loaded)?;
+            println!("serving on {} (Ctrl-C to stop)", server.url());
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
+                if let Ok(rt) = runtime {
+                    let _ = rt.block_on(tokio::signal::ctrl_c());
+                }
+                let _ = tx.send(());
+            });
+            let _ = rx.recv();
+            server.shutdown()?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Loading tabular data with Polars.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::Array2;
+use polars::prelude::{CsvParseOptions, CsvReadOptions, DataFrame, DataType, IdxCa, NullValues, SerReader};
+
+use crate::{Error, Result};
+
+/// A table loaded into memory, with where it came from and a content hash.
+///
+/// The hash is the BLAKE3 digest of the file's bytes (hex), so two runs that trained on the same
+/// bytes record the same dataset version whatever the file was called.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    frame: DataFrame,
+    source: String,
+    path: Option<PathBuf>,
+    hash: String,
+    /// Number of file lines before data row 1, when row *n* is exactly line *n + offset* (a CSV
+    /// with a header and no quoted fields, which could hold line breaks).
+    line_offset: Option<usize>,
+}
+
+/// Options for [`Dataset::load_csv_with`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CsvOptions {
+    /// Strings read as missing values in every column. Default: `""`, `NA`, `NaN`, `null`.
+    pub null_values: Vec<String>,
+    /// The field separator. Default `,`.
+    pub separator: u8,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        Self { null_values: ["", "NA", "NaN", "null"].map(String::from).to_vec(), separator: b',' }
+    }
+}
+
+impl Dataset {
+    /// Reads a CSV file with a header row, inferring column types from the whole file.
+    pub fn load_csv(path: impl AsRef<Path>) -> Result<Self> {
+        Self::load_csv_with(path, &CsvOptions::default())
+    }
+
+    /// Reads a CSV file with a header row using `options`.
+    pub fn load_csv_with(path: impl AsRef<Path>, options: &CsvOptions) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let hash = blake3::hash(&bytes).to_hex().to_string();
+        let line_offset = (!bytes.contains(&b'"')).then_some(1);
+        let parse = CsvParseOptions::default().with_separator(options.separator).with_null_values(Some(
+            NullValues::AllColumns(options.null_values.iter().map(|s| s.as_str().into()).collect()),
+        ));
+        let frame = CsvReadOptions::default()
+            .with_has_header(true)
+            .with_infer_schema_length(None)
+            .with_parse_options(parse)
+            .into_reader_with_file_handle(std::io::Cursor::new(bytes))
+            .finish()
+            .map_err(|e| Error::Csv { path: path.to_path_buf(), message: e.to_string() })?;
+        Ok(Self { frame, source: path.display().to_string(), path: Some(path.to_path_buf()), hash, line_offset })
+    }
+
+    /// Wraps a frame built in memory. `source` names it in error messages; the hash is computed
+    /// from the frame's CSV rendering.
+    pub fn from_frame(frame: DataFrame, source: impl Into<String>) -> Result<Self> {
+        let mut frame = frame;
+        let mut buf = Vec::new();
+        polars::prelude::CsvWriter::new(&mut buf).finish(&mut frame).map_err(Error::Polars)?;
+        let hash = blake3::hash(&buf).to_hex().to_string();
+        Ok(Self { frame, source: source.into(), path: None, hash, line_offset: None })
+    }
+
+    /// The underlying Polars frame.
+    pub fn frame(&self) -> &DataFrame {
+        &self.frame
+    }
+
+    /// The name used in error messages: the path for files.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The file this was read from, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// BLAKE3 hex digest of the source bytes.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Number of data rows.
+    pub fn height(&self) -> usize {
+        self.frame.height()
+    }
+
+    /// Column names, in order.
+    pub fn column_names(&self) -> Vec<String> {
+        self.frame.get_column_names().iter().map(|s| s.to_string()).collect()
+    }
+
+    /// The file line of 1-based data row `row`, where that is known exactly.
+    pub fn line_of_row(&self, row: usize) -> Option<usize> {
+        self.line_offset.map(|o| row + o)
+    }
+
+    pub(crate) fn series(&self, column: &str) -> Result<&polars::prelude::Series> {
+        match self.frame.column(column) {
+            Ok(c) => Ok(c.as_materialized_series()),
+            Err(_) => Err(Error::MissingColumn {
+                source_name: self.source.clone(),
+                column: column.to_string(),
+                available: self.column_names().join(", "),
+            }),
+        }
+    }
+
+    /// The named columns as an `rows × columns` matrix of `f64`. Integer and float columns are
+    /// converted; a missing value or a non-numeric column is an error naming the row and column.
+    pub fn to_matrix(&self, columns: &[String]) -> Result<Array2<f64>> {
+        let mut out = Array2::<f64>::zeros((self.height(), columns.len()));
+        for (j, name) in columns.iter().enumerate() {
+            let series = self.series(name)?;
+            if !series.dtype().is_primitive_numeric() {
+                let (row, found) = first_value(series);
+                return Err(Error::BadValue {
+                    source_name: self.source.clone(),
+                    row,
+                    column: name.clone(),
+                    expected: "a number".into(),
+                    found: format!("{found} (column type {})", series.dtype()),
+                });
+            }
+            let cast = series.cast(&DataType::Float64)?;
+            for (i, v) in cast.f64()?.iter().enumerate() {
+                match v {
+                    Some(v) => out[[i, j]] = v,
+                    None => {
+                        return Err(Error::BadValue {
+                            source_name: self.source.clone(),
+                            row: i + 1,
+                            column: name.clone(),
+                            expected: "a number".into(),
+                            found: "a missing value".into(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The named column rendered as strings (integers without a decimal point), for labels.
+    /// A missing value is an error naming its row.
+    pub fn to_strings(&self, column: &str) -> Result<Vec<String>> {
+        let series = self.series(column)?;
+        let cast = series.cast(&DataType::String)?;
+        cast.str()?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.map(str::to_string).ok_or_else(|| Error::BadValue {
+                    source_name: self.source.clone(),
+                    row: i + 1,
+                    column: column.to_string(),
+                    expected: "a label".into(),
+                    found: "a missing value".into(),
+                })
+            })
+            .collect()
+    }
+
+    /// The rows at `rows` (0-based), in that order. The result keeps this dataset's source name
+    /// and hash, with `#subset` appended to the name.
+    pub fn take(&self, rows: &[usize]) -> Result<Self> {
+        let height = self.height();
+        if let Some(bad) = rows.iter().find(|r| **r >= height) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: row index {bad} is out of range for {height} rows",
+                self.source
+            )));
+        }
+        let idx = IdxCa::from_vec("idx".into(), rows.iter().map(|r| *r as _).collect());
+        Ok(Self {
+            frame: self.frame.take(&idx)?,
+            source: format!("{}#subset", self.source),
+            path: self.path.clone(),
+            hash: self.hash.clone(),
+            line_offset: None,
+        })
+    }
+}
+
+/// The 1-based row and rendering of the first non-null value of a column, for messages.
+fn first_value(series: &polars::prelude::Series) -> (usize, String) {
+    for i in 0..series.len() {
+        if let Ok(v) = series.get(i) {
+            if !v.is_null() {
+                return (i + 1, v.to_string());
+            }
+        }
+    }
+    (1, "a missing value".into())
+}

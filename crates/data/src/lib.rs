@@ -1,0 +1,47 @@
+//! Tabular data for kiln: loading, validation, preprocessing, splits and dataset versions.
+//!
+//! kiln-data is the first stage of a kiln pipeline. It reads files with
+//! [Polars](https://pola.rs) into a [`Dataset`], which remembers where the data came from and
+//! a BLAKE3 hash of its bytes (the dataset version recorded by kiln-track). A [`Schema`] checks
+//! every value and reports violations by row, file line and column; [`stratified_split`] cuts
+//! reproducible train/validation/test splits with kiln's own [`SplitMix64`] generator; and
+//! fitted transforms such as [`StandardScaler`] and [`LabelEncoder`] are plain serde structs,
+//! stored inside model packages so that serving applies exactly what training fitted.
+//!
+//! kiln-data depends on no other kiln crate. kiln-train turns its matrices into tensors, and
+//! kiln-serve uses [`Schema::check_row`] to hold requests to the training schema.
+//!
+//! ```no_run
+//! use kiln_data::{ColumnSpec, Dataset, Schema, SplitFractions, StandardScaler, stratified_split};
+//!
+//! # fn main() -> kiln_data::Result<()> {
+//! let data = Dataset::load_csv("data/breast_cancer.csv")?;
+//! let features: Vec<String> =
+//!     data.column_names().into_iter().filter(|c| c != "target").collect();
+//! let mut columns: Vec<ColumnSpec> = features.iter().map(|f| ColumnSpec::number(f.as_str())).collect();
+//! columns.push(ColumnSpec::category("target", ["malignant", "benign"]));
+//! Schema::new(columns).validate(&data)?;
+//!
+//! let labels = data.to_strings("target")?;
+//! let split = stratified_split(&labels, SplitFractions::default(), 42)?;
+//! let train = data.take(&split.train)?.to_matrix(&features)?;
+//! let scaler = StandardScaler::fit(train.view(), &features)?;
+//! # Ok(()) }
+//! ```
+
+mod dataset;
+mod error;
+mod preprocess;
+mod rng;
+mod split;
+mod validate;
+
+pub use dataset::{CsvOptions, Dataset};
+pub use error::{Error, Result};
+pub use preprocess::{LabelEncoder, StandardScaler};
+pub use rng::SplitMix64;
+pub use split::{Split, SplitFractions, random_split, stratified_split};
+pub use validate::{ColumnKind, ColumnSpec, MAX_REPORTED_VIOLATIONS, Schema, ValidationReport, Violation};
+
+/// Re-exported so users can build frames without naming a Polars version themselves.
+pub use polars;

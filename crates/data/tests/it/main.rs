@@ -1,0 +1,21 @@
+//! Integration tests of kiln-data on the shipped datasets.
+
+mod split;
+mod validate;
+
+use std::path::PathBuf;
+
+pub fn data_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name)
+}
+
+pub fn digits_features() -> Vec<String> {
+    (0..8).flat_map(|r| (0..8).map(move |c| format!("pixel_{r}_{c}"))).collect()
+}
+
+pub fn digits_schema() -> kiln_data::Schema {
+    let mut columns: Vec<kiln_data::ColumnSpec> =
+        digits_features().iter().map(|f| kiln_data::ColumnSpec::integer(f.as_str(), 0, 16)).collect();
+    columns.push(kiln_data::ColumnSpec::integer("label", 0, 9));
+    kiln_data::Schema::new(columns)
+}

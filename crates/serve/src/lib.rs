@@ -1,0 +1,36 @@
+//! Model serving for kiln: the KServe v2 (Open Inference Protocol) REST API over HTTP.
+//!
+//! A [`LoadedModel`] is a kiln-train model package, usually resolved from the kiln-track
+//! registry by alias (`digits-mlp@production`). [`router`] gives the axum routes to embed in
+//! an application; [`ServerHandle::start`] runs them on a thread of their own, for
+//! synchronous programs and tests. Every request is checked against the model's input schema
+//! and preprocessed with the scaler fitted at training time, the same code path as
+//! [`kiln_train::Predictor::predict`] in process. [`Client`] is a blocking client.
+//!
+//! | feature | enables | default |
+//! |---|---|---|
+//! | `cuda` | forwards kiln-train's `cuda` feature | no |
+//!
+//! ```no_run
+//! use kiln_serve::{Client, LoadedModel, ServerHandle};
+//!
+//! # fn main() -> kiln_serve::Result<()> {
+//! let store = kiln_track::Store::open("kiln-store")?;
+//! let model = LoadedModel::from_registry(&store, "digits-mlp", "production")?;
+//! let server = ServerHandle::start("127.0.0.1:0", vec![model])?;
+//! let answer = Client::new(&server.url()).infer("digits-mlp", &[vec![0.0; 64]])?;
+//! println!("{:?}", answer.labels());
+//! server.shutdown()?;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod error;
+mod metrics;
+mod protocol;
+mod server;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
+pub use server::{LoadedModel, ServerHandle, router};

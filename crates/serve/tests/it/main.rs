@@ -1,0 +1,169 @@
+//! kiln-serve over real HTTP on 127.0.0.1.
+
+use std::collections::BTreeMap;
+
+use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};
+use kiln_serve::{Client, InferResponse, LoadedModel, ServerHandle};
+use kiln_track::{RegisterOptions, Store};
+use kiln_train::{DeviceSpec, Examples, ModelPackage, PackageSpec, TrainConfig, train};
+use ndarray::Array2;
+use serde_json::json;
+
+const FEATURES: [&str; 3] = ["a", "b", "c"];
+
+/// Raw rows whose class is whether a + b > 10.
+fn rows(n: usize) -> Array2<f64> {
+    Array2::from_shape_fn((n, 3), |(i, j)| ((i * 37 + j * 11) % 13) as f64)
+}
+
+fn package_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let raw = rows(120);
+    let features: Vec<String> = FEATURES.map(String::from).to_vec();
+    let scaler = StandardScaler::fit(raw.view(), &features).unwrap();
+    let mut x = raw.clone();
+    scaler.transform(&mut x).unwrap();
+    let y: Vec<usize> = raw.rows().into_iter().map(|r| usize::from(r[0] + r[1] > 10.0)).collect();
+    let cfg = TrainConfig { epochs: 5, hidden: vec![8], device: DeviceSpec::Cpu, ..TrainConfig::default() };
+    let trained = train(&cfg, 2, &Examples::new(x.mapv(|v| v as f32), y).unwrap(), None, None, &mut |_| {}).unwrap();
+    let pkg = ModelPackage::new(
+        &trained,
+        PackageSpec {
+            name: "toy".into(),
+            train_config: cfg,
+            features: features.clone(),
+            input_schema: Schema::new(
+                features.iter().map(|f| ColumnSpec::number(f.as_str()).range(0.0, 12.0)).collect(),
+            ),
+            scaler: Some(scaler),
+            labels: LabelEncoder::from_classes(vec!["low".into(), "high".into()]),
+            label_column: "y".into(),
+            metrics: BTreeMap::new(),
+            lineage: Default::default(),
+        },
+    )
+    .unwrap();
+    let out = dir.join("pkg");
+    pkg.save(&out).unwrap();
+    out
+}
+
+fn raw_post(url: &str, body: &str) -> (u16, serde_json::Value) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent.post(url).content_type("application/json").send(body).unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(json!({ "raw": text })))
+}
+
+#[test]
+fn served_predictions_equal_in_process_predictions() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package_dir(dir.path());
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let v = store.registry().register("toy", &pkg, RegisterOptions::default()).unwrap();
+    store.registry().set_alias("toy", "production", v.version).unwrap();
+
+    let server =
+        ServerHandle::start("127.0.0.1:0", vec![LoadedModel::from_registry(&store, "toy", "production").unwrap()])
+            .unwrap();
+    assert!(server.addr().ip().is_loopback());
+    let client = Client::new(&server.url());
+    assert!(client.ready().unwrap());
+
+    let input = rows(40);
+    let expected = ModelPackage::load(&pkg).unwrap().predict(input.view()).unwrap();
+    let as_rows: Vec<Vec<f64>> = input.rows().into_iter().map(|r| r.to_vec()).collect();
+    let answer: InferResponse = client.infer("toy", &as_rows).unwrap();
+    assert_eq!((answer.model_name.as_str(), answer.model_version.as_str()), ("toy", "1"));
+    assert_eq!(answer.labels(), expected.iter().map(|p| p.label.clone()).collect::<Vec<_>>());
+    let probs = answer.probabilities();
+    assert_eq!(probs.len(), expected.len());
+    for (served, local) in probs.iter().zip(&expected) {
+        assert_eq!(served.len(), local.probabilities.len());
+        for (s, l) in served.iter().zip(&local.probabilities) {
+            // JSON carries f32 as its shortest decimal; allow for rounding through f64.
+            assert!((s - l).abs() <= f32::EPSILON * l.abs().max(1.0), "{served:?} vs {:?}", local.probabilities);
+        }
+    }
+
+    // One tensor per feature, named after it, gives the same answer as one [rows, 3] tensor.
+    let columns: Vec<serde_json::Value> = FEATURES
+        .iter()
+        .enumerate()
+        .map(|(j, f)| json!({"name": f, "shape": [40], "datatype": "FP64", "data": input.column(j).to_vec()}))
+        .collect();
+    let by_feature: InferResponse =
+        client.post("/v2/models/toy/infer", &json!({"id": "r1", "inputs": columns})).unwrap();
+    assert_eq!(by_feature.labels(), answer.labels());
+    assert_eq!(by_feature.id.as_deref(), Some("r1"));
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package_dir(dir.path());
+    let server = ServerHandle::start("127.0.0.1:0", vec![LoadedModel::from_dir("toy", "7", &pkg).unwrap()]).unwrap();
+    let url = format!("{}/v2/models/toy/infer", server.url());
+
+    let cases: [(&str, u16, &str); 6] = [
+        ("{not json", 400, "invalid inference request"),
+        (r#"{"inputs": []}"#, 400, "no inputs"),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, 2]}]}"#,
+            400,
+            "needs 3 values, got 2",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]}]}"#,
+            400,
+            "takes 3 features",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "data": [[1, 2, 3], [1, 99, 3]]}]}"#,
+            400,
+            "input row 2, feature `b`: expected a number in 0..=12, found 99",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "BYTES", "data": ["x", "y", "z"]}]}"#,
+            400,
+            "not numeric",
+        ),
+    ];
+    for (body, status, text) in cases {
+        let (got, answer) = raw_post(&url, body);
+        assert_eq!(got, status, "{body}: {answer}");
+        let message = answer["error"].as_str().unwrap_or_default();
+        assert!(message.contains(text), "{body}: {message:?} lacks {text:?}");
+    }
+    let (status, answer) = raw_post(&format!("{}/v2/models/nope/infer", server.url()), "{}");
+    assert_eq!(status, 404);
+    assert!(answer["error"].as_str().unwrap().contains("nope"));
+    let (status, _) = raw_post(&format!("{}/v2/models/toy/versions/3/infer", server.url()), "{}");
+    assert_eq!(status, 404);
+
+    let good = r#"{"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP64", "data": [1, 2, 3, 4, 5, 6]}]}"#;
+    assert_eq!(raw_post(&format!("{}/v2/models/toy/versions/7/infer", server.url()), good).0, 200);
+
+    let client = Client::new(&server.url());
+    let meta: serde_json::Value = client.get("/v2/models/toy").unwrap();
+    assert_eq!(meta["inputs"][0]["shape"], json!([-1, 3]));
+    assert_eq!(meta["parameters"]["labels"], json!(["low", "high"]));
+    let metrics = ureq::get(&format!("{}/metrics", server.url())).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(metrics.contains(r#"kiln_infer_requests_total{model="toy",code="400"} 6"#), "{metrics}");
+    assert!(metrics.contains(r#"kiln_infer_rows_total{model="toy",code="200"} 2"#), "{metrics}");
+    let err = client.infer("toy", &[vec![1.0, 2.0]]).unwrap_err().to_string();
+    assert!(err.contains("HTTP 400") && err.contains("takes 3 features"), "{err}");
+    server.shutdown().unwrap();
+}
+
+#[test]
+fn loading_errors_name_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let err = LoadedModel::from_registry(&store, "ghost", "production").unwrap_err().to_string();
+    assert!(err.contains("ghost"), "{err}");
+    let err = LoadedModel::from_dir("x", "1", &dir.path().join("missing")).unwrap_err().to_string();
+    assert!(err.contains("kiln-package.json"), "{err}");
+    assert!(ServerHandle::start("256.0.0.1:0", Vec::new()).is_err());
+}

@@ -1,0 +1,5 @@
+//! Integration tests of kiln-track against real directories and Parquet files.
+
+mod registry;
+mod runs;
+mod tables;

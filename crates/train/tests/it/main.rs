@@ -1,0 +1,160 @@
+//! Integration tests of kiln-train: training on real data, packages on disk.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use kiln_data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
+use kiln_train::{
+    ClassificationReport, DeviceSpec, Error, Examples, Lineage, ModelPackage, PackageSpec, TrainConfig, Trained, train,
+};
+use ndarray::{Array2, Axis};
+
+struct Fixture {
+    raw: Array2<f64>,
+    features: Vec<String>,
+    encoder: LabelEncoder,
+    classes: Vec<usize>,
+    test_rows: Vec<usize>,
+    scaler: StandardScaler,
+    trained: Trained,
+    report: ClassificationReport,
+    epochs_seen: usize,
+}
+
+/// Breast cancer, trained once for all tests of this binary.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/breast_cancer.csv");
+        let data = Dataset::load_csv(path).unwrap();
+        let features: Vec<String> = data.column_names().into_iter().filter(|c| c != "target").collect();
+        let labels = data.to_strings("target").unwrap();
+        let split = stratified_split(&labels, SplitFractions::default(), 1).unwrap();
+        let raw = data.to_matrix(&features).unwrap();
+        let encoder = LabelEncoder::fit(&labels);
+        let classes = encoder.encode(&labels).unwrap();
+        let scaler = StandardScaler::fit(raw.select(Axis(0), &split.train).view(), &features).unwrap();
+        let part = |rows: &[usize]| {
+            let mut x = raw.select(Axis(0), rows);
+            scaler.transform(&mut x).unwrap();
+            Examples::new(x.mapv(|v| v as f32), rows.iter().map(|r| classes[*r]).collect()).unwrap()
+        };
+        let config = TrainConfig { epochs: 15, hidden: vec![32], device: DeviceSpec::Cpu, ..TrainConfig::default() };
+        let mut epochs_seen = 0;
+        let trained =
+            train(&config, 2, &part(&split.train), Some(&part(&split.val)), None, &mut |_| epochs_seen += 1).unwrap();
+        let test = part(&split.test);
+        let predicted = trained.classifier().unwrap().predict(test.x.view()).unwrap();
+        let report = ClassificationReport::compute(&test.y, &predicted, &encoder.classes).unwrap();
+        Fixture { raw, features, encoder, classes, test_rows: split.test, scaler, trained, report, epochs_seen }
+    })
+}
+
+fn package(f: &Fixture) -> ModelPackage {
+    let schema = Schema::new(f.features.iter().map(|c| ColumnSpec::number(c.as_str()).range(0.0, 1e5)).collect());
+    ModelPackage::new(
+        &f.trained,
+        PackageSpec {
+            name: "bc".into(),
+            train_config: TrainConfig::default(),
+            features: f.features.clone(),
+            input_schema: schema,
+            scaler: Some(f.scaler.clone()),
+            labels: f.encoder.clone(),
+            label_column: "target".into(),
+            metrics: [("test_accuracy".to_string(), f.report.accuracy)].into(),
+            lineage: Lineage { dataset_hash: Some("h".into()), ..Default::default() },
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_mlp_learns_breast_cancer() {
+    let f = fixture();
+    assert_eq!(f.epochs_seen, 15);
+    assert_eq!(f.trained.history.len(), 15);
+    let first = &f.trained.history[0];
+    let last = f.trained.history.last().unwrap();
+    assert!(last.train_loss < first.train_loss, "{first:?} -> {last:?}");
+    assert!(f.report.accuracy >= 0.9, "test accuracy {}", f.report.accuracy);
+    assert!(f.report.macro_f1 >= 0.88, "macro-F1 {}", f.report.macro_f1);
+}
+
+#[test]
+fn a_saved_package_predicts_exactly_like_the_trained_model() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    package(f).save(dir.path()).unwrap();
+    let predictor = ModelPackage::load(dir.path()).unwrap();
+    let raw = f.raw.select(Axis(0), &f.test_rows);
+    let from_package = predictor.predict(raw.view()).unwrap();
+
+    let mut scaled = raw.clone();
+    f.scaler.transform(&mut scaled).unwrap();
+    let probs = f.trained.classifier().unwrap().predict_proba(scaled.mapv(|v| v as f32).view()).unwrap();
+    for (p, row) in from_package.iter().zip(probs.rows()) {
+        assert_eq!(p.probabilities, row.to_vec());
+    }
+    let correct = from_package.iter().zip(&f.test_rows).filter(|(p, r)| p.class == f.classes[**r]).count();
+    assert!((correct as f64 / f.test_rows.len() as f64 - f.report.accuracy).abs() < 1e-12);
+    assert_eq!(predictor.manifest().labels.classes, vec!["benign", "malignant"]);
+}
+
+#[test]
+fn inputs_outside_the_schema_are_refused_with_row_and_feature() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    package(f).save(dir.path()).unwrap();
+    let predictor = ModelPackage::load(dir.path()).unwrap();
+    let mut rows = f.raw.select(Axis(0), &f.test_rows[..3]);
+    rows[[2, 4]] = -1.0;
+    let err = predictor.predict(rows.view()).unwrap_err();
+    assert!(matches!(&err, Error::Input { row: 3, column, .. } if column == "mean_smoothness"), "{err}");
+    let narrow = Array2::<f64>::zeros((1, 5));
+    assert!(matches!(predictor.predict(narrow.view()), Err(Error::Shape(_))));
+}
+
+#[test]
+fn damaged_packages_are_refused() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    package(f).save(dir.path()).unwrap();
+    let weights = dir.path().join("weights.mpk");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xFF;
+    std::fs::write(&weights, &bytes).unwrap();
+    let err = ModelPackage::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("weights.mpk") && err.contains("checksum mismatch"), "{err}");
+
+    package(f).save(dir.path()).unwrap();
+    let manifest = dir.path().join(kiln_train::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(&manifest, text).unwrap();
+    let err = ModelPackage::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("kiln-package.json") && err.contains("version Some(99) is not supported"), "{err}");
+}
+
+#[test]
+fn bad_configurations_are_errors() {
+    let x = Examples::new(Array2::zeros((4, 2)), vec![0, 1, 0, 1]).unwrap();
+    let bad = TrainConfig { epochs: 0, ..TrainConfig::default() };
+    assert!(matches!(train(&bad, 2, &x, None, None, &mut |_| {}), Err(Error::Config(_))));
+    let cpu = TrainConfig { device: DeviceSpec::Cpu, epochs: 1, ..TrainConfig::default() };
+    assert!(matches!(train(&cpu, 1, &x, None, None, &mut |_| {}), Err(Error::Config(_))));
+    let y_out_of_range = Examples::new(Array2::zeros((2, 2)), vec![0, 5]).unwrap();
+    assert!(matches!(train(&cpu, 2, &y_out_of_range, None, None, &mut |_| {}), Err(Error::Shape(_))));
+    assert!(Examples::new(Array2::zeros((2, 2)), vec![0]).is_err());
+}
+
+#[test]
+fn training_is_reproducible_for_a_seed() {
+    let x = Array2::from_shape_fn((40, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
+    let y: Vec<usize> = (0..40).map(|i| usize::from(x[[i, 0]] > 0.5)).collect();
+    let data = Examples::new(x, y).unwrap();
+    let cfg = TrainConfig { epochs: 3, hidden: vec![8], device: DeviceSpec::Cpu, seed: 5, ..TrainConfig::default() };
+    let a = train(&cfg, 2, &data, None, None, &mut |_| {}).unwrap();
+    let b = train(&cfg, 2, &data, None, None, &mut |_| {}).unwrap();
+    assert_eq!(a.weights, b.weights);
+}

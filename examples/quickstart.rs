@@ -1,0 +1,168 @@
+//! Run with: cargo run --release --example quickstart
+//!
+//! The whole kiln pipeline on the UCI handwritten digits (data/digits.csv): validate, split,
+//! preprocess, train an MLP with burn, track the run, evaluate, package and register the model,
+//! serve it over KServe v2 HTTP, and query the store with SQL.
+//!
+//! Environment: `KILN_STORE` (default `./kiln-store`), `KILN_DEVICE` (`cpu`, `cuda:N`, `auto`;
+//! default `cpu`), `KILN_EPOCHS` (default 30).
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
+use kiln::serve::{Client, LoadedModel, ServerHandle};
+use kiln::track::{RegisterOptions, Store};
+use kiln::train::{ClassificationReport, Examples, Lineage, ModelPackage, PackageSpec, TrainConfig, train};
+use ndarray::{Array2, Axis};
+
+const EXPERIMENT: &str = "digits";
+const MODEL: &str = "digits-mlp";
+const SEED: u64 = 42;
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let data_path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
+
+    // a. Load with Polars and validate: 64 pixel counts in 0..=16, a label in 0..=9.
+    let data = Dataset::load_csv(data_path)?;
+    let features: Vec<String> = (0..8).flat_map(|r| (0..8).map(move |c| format!("pixel_{r}_{c}"))).collect();
+    let mut columns: Vec<ColumnSpec> = features.iter().map(|f| ColumnSpec::integer(f.as_str(), 0, 16)).collect();
+    columns.push(ColumnSpec::integer("label", 0, 9));
+    let schema = Schema::new(columns);
+    let report = schema.validate(&data)?;
+    println!(
+        "loaded {} rows x {} columns from {} (blake3 {}); schema ok",
+        report.rows,
+        data.column_names().len(),
+        data_path,
+        &data.hash()[..16]
+    );
+
+    // b. Stratified 70/15/15 split with a fixed seed.
+    let labels = data.to_strings("label")?;
+    let split = stratified_split(&labels, SplitFractions::default(), SEED)?;
+    println!(
+        "split: {} train / {} validation / {} test rows (stratified, seed {SEED})",
+        split.train.len(),
+        split.val.len(),
+        split.test.len()
+    );
+
+    // c. Fit the scaler on the training rows only, then apply it to every split.
+    let raw = data.to_matrix(&features)?;
+    let encoder = LabelEncoder::fit(&labels);
+    let classes = encoder.encode(&labels)?;
+    let scaler = StandardScaler::fit(raw.select(Axis(0), &split.train).view(), &features)?;
+    let part = |rows: &[usize]| -> Result<Examples> {
+        let mut x: Array2<f64> = raw.select(Axis(0), rows);
+        scaler.transform(&mut x)?;
+        Ok(Examples::new(x.mapv(|v| v as f32), rows.iter().map(|r| classes[*r]).collect())?)
+    };
+    let (train_set, val_set, test_set) = (part(&split.train)?, part(&split.val)?, part(&split.test)?);
+
+    // d + e. Train an MLP with burn, tracking parameters, environment and per-epoch metrics.
+    let store = Store::from_env()?;
+    let mut run = store.start_run(EXPERIMENT)?;
+    let config = TrainConfig {
+        epochs: std::env::var("KILN_EPOCHS").ok().map(|e| e.parse()).transpose().context("KILN_EPOCHS")?.unwrap_or(30),
+        device: std::env::var("KILN_DEVICE").unwrap_or_else(|_| "cpu".into()).parse()?,
+        seed: SEED,
+        ..TrainConfig::default()
+    };
+    run.log_params(&config)?;
+    run.log_param("split_seed", SEED)?;
+    run.log_param("dataset", data_path)?;
+    run.set_tag("dataset_hash", data.hash())?;
+    println!("run {} in {} (store {})", run.id(), EXPERIMENT, store.root().display());
+    let trained = train(&config, encoder.len(), &train_set, Some(&val_set), Some(&mut run), &mut |e| {
+        println!(
+            "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  ({:.2}s)",
+            e.epoch,
+            e.train_loss,
+            e.train_accuracy,
+            e.val_loss.unwrap_or(f64::NAN),
+            e.val_accuracy.unwrap_or(f64::NAN),
+            e.seconds
+        );
+    })?;
+    println!("trained on {}; kept the weights of epoch {}", trained.device, trained.best_epoch);
+
+    // f. Evaluate on the test split and log the results.
+    let classifier = trained.classifier()?;
+    let predicted = classifier.predict(test_set.x.view())?;
+    let evaluation = ClassificationReport::compute(&test_set.y, &predicted, &encoder.classes)?;
+    let step = trained.history.len() as u64;
+    run.log_metrics(step, &[("test_accuracy", evaluation.accuracy), ("test_macro_f1", evaluation.macro_f1)])?;
+    let report_path = run.artifact_dir()?.join("test_report.json");
+    std::fs::write(&report_path, serde_json::to_vec_pretty(&evaluation)?)?;
+    print!("test set: {evaluation}");
+
+    // g. Package the model with its preprocessing, schema, labels, metrics and lineage; register it.
+    let metrics = BTreeMap::from([
+        ("test_accuracy".to_string(), evaluation.accuracy),
+        ("test_macro_f1".to_string(), evaluation.macro_f1),
+    ]);
+    let package = ModelPackage::new(
+        &trained,
+        PackageSpec {
+            name: MODEL.into(),
+            train_config: config.clone(),
+            features: features.clone(),
+            input_schema: Schema::new(schema.columns[..features.len()].to_vec()),
+            scaler: Some(scaler),
+            labels: encoder.clone(),
+            label_column: "label".into(),
+            metrics: metrics.clone(),
+            lineage: Lineage {
+                run_id: Some(run.id().into()),
+                experiment: Some(EXPERIMENT.into()),
+                dataset: Some(data_path.into()),
+                dataset_hash: Some(data.hash().into()),
+                split_seed: Some(SEED),
+            },
+        },
+    )?;
+    let package_dir = run.artifact_dir()?.join("model");
+    package.save(&package_dir)?;
+    let registry = store.registry();
+    let version = registry.register(
+        MODEL,
+        &package_dir,
+        RegisterOptions {
+            run_id: Some(run.id().into()),
+            dataset_hash: Some(data.hash().into()),
+            metrics,
+            description: Some("MLP on UCI digits, from the quickstart".into()),
+        },
+    )?;
+    registry.set_alias(MODEL, "production", version.version)?;
+    println!("registered {MODEL} version {} as production", version.version);
+    run.finish()?;
+
+    // h. Serve the production model over HTTP and ask for one raw (unscaled) test row.
+    let server = ServerHandle::start("127.0.0.1:0", vec![LoadedModel::from_registry(&store, MODEL, "production")?])?;
+    let row = split.test[0];
+    let answer = Client::new(&server.url()).infer(MODEL, &[raw.row(row).to_vec()])?;
+    let label = answer.labels().into_iter().next().context("the server returned no label")?;
+    println!(
+        "POST {}/v2/models/{MODEL}/infer (data row {}): predicted {label}, true {}",
+        server.url(),
+        row + 1,
+        labels[row]
+    );
+    server.shutdown()?;
+
+    // i. SQL over the store: every run of the experiment with its test accuracy.
+    let table = store.sql(&format!(
+        "WITH acc AS (SELECT run_id, value AS test_accuracy FROM run_metrics WHERE metric = 'test_accuracy')
+         SELECT r.run_id, r.status, r.start_time, acc.test_accuracy
+         FROM experiment_runs r LEFT JOIN acc ON r.run_id = acc.run_id
+         WHERE r.experiment = '{EXPERIMENT}' ORDER BY r.start_time"
+    ))?;
+    println!("{table}");
+    Ok(())
+}
