@@ -66,7 +66,9 @@ fn predict(c: &mut Criterion) {
     let predictor = ModelPackage::load(&dir).expect("load");
     for rows in [1usize, 64, 1024] {
         let batch = raw.slice(ndarray::s![..rows, ..]).to_owned();
-        c.bench_function(&format!("predict raw rows, batch {rows}"), |b| b.iter(|| predictor.predict(black_box(batch.view()))));
+        c.bench_function(&format!("predict raw rows, batch {rows}"), |b| {
+            b.iter(|| predictor.predict(black_box(batch.view())))
+        });
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

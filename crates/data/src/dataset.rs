@@ -3,7 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
-use polars::prelude::{CsvParseOptions, CsvReadOptions, DataFrame, DataType, IdxCa, NullValues, SerReader};
+use polars::prelude::{
+    CsvParseOptions, CsvReadOptions, CsvWriter, DataFrame, DataType, IdxCa, NullValues, SerReader, SerWriter,
+};
 
 use crate::{Error, Result};
 
@@ -67,7 +69,7 @@ impl Dataset {
     pub fn from_frame(frame: DataFrame, source: impl Into<String>) -> Result<Self> {
         let mut frame = frame;
         let mut buf = Vec::new();
-        polars::prelude::CsvWriter::new(&mut buf).finish(&mut frame).map_err(Error::Polars)?;
+        CsvWriter::new(&mut buf).finish(&mut frame).map_err(Error::Polars)?;
         let hash = blake3::hash(&buf).to_hex().to_string();
         Ok(Self { frame, source: source.into(), path: None, hash, line_offset: None })
     }

@@ -70,5 +70,5 @@ pub enum Error {
     Shape(String),
     /// An error reported by Polars outside CSV parsing.
     #[error("polars: {0}")]
-    Polars(#[from] polars::error::PolarsError),
+    Polars(#[from] polars::prelude::PolarsError),
 }

@@ -280,7 +280,11 @@ fn request_rows(request: &InferRequest, features: &[String]) -> std::result::Res
                 [r, c] => (*r as usize, *c as usize),
                 [c] => (1, *c as usize),
                 other => {
-                    return Err(format!("input `{}`: expected shape [rows, {}], got {other:?}", t.name, features.len()));
+                    return Err(format!(
+                        "input `{}`: expected shape [rows, {}], got {other:?}",
+                        t.name,
+                        features.len()
+                    ));
                 }
             };
             if cols != features.len() {

@@ -9,6 +9,8 @@ use crate::error::IoContext;
 use crate::fsutil::{self, now_ms, read_json, write_json};
 use crate::{Error, Result};
 
+static STAGING_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What the caller says about a version when registering it.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct RegisterOptions {
@@ -73,7 +75,12 @@ impl Registry {
         let staging_root = model_dir.join(".staging");
         std::fs::create_dir_all(&versions).at(&versions)?;
         std::fs::create_dir_all(&staging_root).at(&staging_root)?;
-        let staging = staging_root.join(format!("{}-{}", std::process::id(), now_ms()));
+        let staging = staging_root.join(format!(
+            "{}-{}-{}",
+            std::process::id(),
+            now_ms(),
+            STAGING_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&staging);
         fsutil::copy_tree(package, &staging.join("package"))?;
         let mut version = self.latest_number(model)?.unwrap_or(0) + 1;

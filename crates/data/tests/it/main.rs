@@ -5,14 +5,17 @@ mod validate;
 
 use std::path::PathBuf;
 
+/// A file of the shipped `data/` folder.
 pub fn data_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name)
 }
 
+/// The 64 pixel columns of digits.csv.
 pub fn digits_features() -> Vec<String> {
     (0..8).flat_map(|r| (0..8).map(move |c| format!("pixel_{r}_{c}"))).collect()
 }
 
+/// The digits schema of the quickstart.
 pub fn digits_schema() -> kiln_data::Schema {
     let mut columns: Vec<kiln_data::ColumnSpec> =
         digits_features().iter().map(|f| kiln_data::ColumnSpec::integer(f.as_str(), 0, 16)).collect();
