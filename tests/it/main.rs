@@ -1,5 +1,7 @@
 //! End-to-end: the quickstart example, run twice against one store, checked from outside.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::PathBuf;
 use std::process::Command;
 

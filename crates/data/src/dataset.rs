@@ -199,10 +199,10 @@ impl Dataset {
 /// The 1-based row and rendering of the first non-null value of a column, for messages.
 fn first_value(series: &polars::prelude::Series) -> (usize, String) {
     for i in 0..series.len() {
-        if let Ok(v) = series.get(i) {
-            if !v.is_null() {
-                return (i + 1, v.to_string());
-            }
+        if let Ok(v) = series.get(i)
+            && !v.is_null()
+        {
+            return (i + 1, v.to_string());
         }
     }
     (1, "a missing value".into())

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use polars::prelude::DataType;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::{Dataset, Error, Result};
@@ -141,6 +142,39 @@ impl ColumnSpec {
     }
 }
 
+/// The bad values of one column: every bad row (0-based), and what was found in the first
+/// [`MAX_REPORTED_VIOLATIONS`] of them.
+struct ColumnCheck {
+    bad_rows: Vec<usize>,
+    first: Vec<(usize, String)>,
+}
+
+fn check_column(spec: &ColumnSpec, data: &Dataset) -> Result<ColumnCheck> {
+    let series = data.series(&spec.name)?;
+    let mut out = ColumnCheck { bad_rows: Vec::new(), first: Vec::new() };
+    let mut push = |i: usize, found: std::result::Result<(), String>| {
+        if let Err(found) = found {
+            out.bad_rows.push(i);
+            if out.first.len() < MAX_REPORTED_VIOLATIONS {
+                out.first.push((i, found));
+            }
+        }
+    };
+    let missing = || if spec.nullable { Ok(()) } else { Err("a missing value".to_string()) };
+    if series.dtype().is_primitive_numeric() {
+        let cast = series.cast(&DataType::Float64)?;
+        for (i, v) in cast.f64()?.iter().enumerate() {
+            push(i, v.map_or_else(missing, |v| spec.check_number(v)));
+        }
+    } else {
+        let cast = series.cast(&DataType::String)?;
+        for (i, v) in cast.str()?.iter().enumerate() {
+            push(i, v.map_or_else(missing, |s| spec.check_text(s)));
+        }
+    }
+    Ok(out)
+}
+
 fn format_number(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 { format!("{}", v as i64) } else { format!("{v}") }
 }
@@ -211,13 +245,15 @@ impl Schema {
     /// Checks every value of every column in the schema. A column missing from the data is an
     /// error; everything else is reported, so that bad rows can be quarantined.
     pub fn check(&self, data: &Dataset) -> Result<ValidationReport> {
-        let mut all: Vec<Violation> = Vec::new();
+        // Columns are independent: check them in parallel, then merge in row order.
+        let per_column: Vec<ColumnCheck> =
+            self.columns.par_iter().map(|spec| check_column(spec, data)).collect::<Result<_>>()?;
         let mut report = ValidationReport { rows: data.height(), ..Default::default() };
-        for spec in &self.columns {
-            let series = data.series(&spec.name)?;
-            let mut push = |i: usize, found: String| {
-                report.total += 1;
-                report.bad_rows.insert(i);
+        let mut all: Vec<Violation> = Vec::new();
+        for (spec, checked) in self.columns.iter().zip(per_column) {
+            report.total += checked.bad_rows.len();
+            report.bad_rows.extend(checked.bad_rows);
+            for (i, found) in checked.first {
                 all.push(Violation {
                     row: i + 1,
                     line: data.line_of_row(i + 1),
@@ -225,33 +261,6 @@ impl Schema {
                     expected: spec.expected(),
                     found,
                 });
-            };
-            if series.dtype().is_primitive_numeric() {
-                let cast = series.cast(&DataType::Float64)?;
-                for (i, v) in cast.f64()?.iter().enumerate() {
-                    match v {
-                        None if !spec.nullable => push(i, "a missing value".into()),
-                        None => {}
-                        Some(v) => {
-                            if let Err(found) = spec.check_number(v) {
-                                push(i, found);
-                            }
-                        }
-                    }
-                }
-            } else {
-                let cast = series.cast(&DataType::String)?;
-                for (i, v) in cast.str()?.iter().enumerate() {
-                    match v {
-                        None if !spec.nullable => push(i, "a missing value".into()),
-                        None => {}
-                        Some(s) => {
-                            if let Err(found) = spec.check_text(s) {
-                                push(i, found);
-                            }
-                        }
-                    }
-                }
             }
         }
         all.sort_by(|a, b| (a.row, &a.column).cmp(&(b.row, &b.column)));

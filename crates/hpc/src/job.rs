@@ -179,10 +179,10 @@ impl JobSpecBuilder {
         if s.cpus == 0 {
             return bad("cpus must be at least 1".into());
         }
-        if let Some((a, b)) = s.array {
-            if a > b {
-                return bad(format!("array range {a}-{b} is empty"));
-            }
+        if let Some((a, b)) = s.array
+            && a > b
+        {
+            return bad(format!("array range {a}-{b} is empty"));
         }
         if s.time_limit.is_some_and(|t| t.as_secs() < 60) {
             return bad("Slurm time limits are in minutes: use at least 60 seconds".into());

@@ -12,6 +12,9 @@ struct Counter {
     seconds: f64,
 }
 
+/// A counter family: name, help text, and how to render a counter's value.
+type Family = (&'static str, &'static str, fn(&Counter) -> String);
+
 /// Per model and status code: requests, rows predicted, and time spent.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -30,17 +33,13 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = String::new();
-        let families: [(&str, &str, &str, fn(&Counter) -> String); 3] = [
-            ("kiln_infer_requests_total", "counter", "Inference requests by model and HTTP status.", |c| {
-                c.requests.to_string()
-            }),
-            ("kiln_infer_rows_total", "counter", "Rows predicted by model and HTTP status.", |c| c.rows.to_string()),
-            ("kiln_infer_seconds_total", "counter", "Seconds spent handling inference requests.", |c| {
-                format!("{:.6}", c.seconds)
-            }),
+        let families: [Family; 3] = [
+            ("kiln_infer_requests_total", "Inference requests by model and HTTP status.", |c| c.requests.to_string()),
+            ("kiln_infer_rows_total", "Rows predicted by model and HTTP status.", |c| c.rows.to_string()),
+            ("kiln_infer_seconds_total", "Seconds spent handling inference requests.", |c| format!("{:.6}", c.seconds)),
         ];
-        for (name, kind, help, value) in families {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (name, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for ((model, status), c) in map.iter() {
                 let _ = writeln!(out, "{name}{{model=\"{}\",code=\"{status}\"}} {}", escape(model), value(c));
             }

@@ -95,25 +95,20 @@ async fn server_metadata(State(state): State<Arc<AppState>>) -> Json<serde_json:
     }))
 }
 
+/// The model `name` (at `version`, if given), or the 404 to answer.
 fn find<'a>(
     state: &'a AppState,
     name: &str,
     version: Option<&str>,
-) -> std::result::Result<&'a Arc<LoadedModel>, Response> {
-    let model = state.models.get(name).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "model {name:?} is not loaded (loaded: {})",
-                state.models.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        )
-    })?;
+) -> std::result::Result<&'a Arc<LoadedModel>, String> {
+    let Some(model) = state.models.get(name) else {
+        let loaded: Vec<&str> = state.models.keys().map(String::as_str).collect();
+        return Err(format!("model {name:?} is not loaded (loaded: {})", loaded.join(", ")));
+    };
     match version {
-        Some(v) if v != model.version => Err(error(
-            StatusCode::NOT_FOUND,
-            format!("model {name:?} version {v} is not loaded (serving version {})", model.version),
-        )),
+        Some(v) if v != model.version => {
+            Err(format!("model {name:?} version {v} is not loaded (serving version {})", model.version))
+        }
         _ => Ok(model),
     }
 }
@@ -132,7 +127,7 @@ async fn model_metadata_versioned(
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Response {
     let model = match find(state, name, version) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::NOT_FOUND, message),
     };
     let m = model.predictor.manifest();
     Json(json!({
@@ -158,7 +153,7 @@ fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Response {
 async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
     match find(&state, &name, None) {
         Ok(m) => Json(json!({"name": m.name, "ready": true})).into_response(),
-        Err(r) => r,
+        Err(message) => error(StatusCode::NOT_FOUND, message),
     }
 }
 
@@ -182,7 +177,7 @@ async fn run_infer(state: Arc<AppState>, name: String, version: Option<String>, 
     let started = Instant::now();
     let model = match find(&state, &name, version.as_deref()) {
         Ok(m) => Arc::clone(m),
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::NOT_FOUND, message),
     };
     let request: InferRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,

@@ -191,10 +191,11 @@ impl Registry {
         };
         for entry in entries {
             let entry = entry.at(&self.root)?;
-            if let Some(name) = entry.file_name().to_str() {
-                if !name.starts_with('.') && entry.path().join("versions").is_dir() {
-                    out.push(name.to_string());
-                }
+            if let Some(name) = entry.file_name().to_str()
+                && !name.starts_with('.')
+                && entry.path().join("versions").is_dir()
+            {
+                out.push(name.to_string());
             }
         }
         out.sort();
@@ -212,10 +213,10 @@ impl Registry {
         let mut out = Vec::new();
         for entry in entries {
             let entry = entry.at(&dir)?;
-            if let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) {
-                if entry.path().join("meta.json").exists() {
-                    out.push(n);
-                }
+            if let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                && entry.path().join("meta.json").exists()
+            {
+                out.push(n);
             }
         }
         out.sort_unstable();

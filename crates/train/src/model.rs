@@ -1,7 +1,7 @@
 //! The multilayer perceptron.
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, Relu};
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig, Relu};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
@@ -37,15 +37,27 @@ impl MlpConfig {
         Ok(())
     }
 
-    /// Builds the model with freshly initialised weights on `device`.
+    /// Builds the model with freshly initialised (random) weights on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Mlp<B> {
+        self.build(device, Initializer::KaimingUniform { gain: 1.0 / 3.0f64.sqrt(), fan_out_only: false })
+    }
+
+    /// Builds the model with zero weights, to be replaced by loaded ones. Draws no random
+    /// numbers: burn's generator is process-wide, and loading a model while another thread
+    /// trains must not change that training.
+    pub(crate) fn init_for_loading<B: Backend>(&self, device: &B::Device) -> Mlp<B> {
+        self.build(device, Initializer::Zeros)
+    }
+
+    fn build<B: Backend>(&self, device: &B::Device, initializer: Initializer) -> Mlp<B> {
+        let linear = |a: usize, b: usize| LinearConfig::new(a, b).with_initializer(initializer.clone()).init(device);
         let mut dims = vec![self.inputs];
         dims.extend_from_slice(&self.hidden);
-        let hidden = dims.windows(2).map(|w| LinearConfig::new(w[0], w[1]).init(device)).collect();
+        let hidden = dims.windows(2).map(|w| linear(w[0], w[1])).collect();
         let last = dims.last().copied().unwrap_or(self.inputs);
         Mlp {
             hidden,
-            output: LinearConfig::new(last, self.classes).init(device),
+            output: linear(last, self.classes),
             activation: Relu::new(),
             dropout: DropoutConfig::new(self.dropout).init(),
         }

@@ -159,18 +159,12 @@ impl ModelPackage {
     /// Writes the package into `dir` (created if needed): weights first, then the manifest, so
     /// a directory with a manifest always has its weights.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let weights = dir.join(&self.manifest.weights_file);
-        std::fs::write(&weights, &self.weights).map_err(io(&weights))?;
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+        write_synced(&dir.join(&self.manifest.weights_file), &self.weights)?;
         let manifest = dir.join(MANIFEST_FILE);
         let json = serde_json::to_vec_pretty(&self.manifest)
             .map_err(|e| Error::Package { path: manifest.clone(), message: e.to_string() })?;
-        std::fs::write(&manifest, json).map_err(io(&manifest))?;
-        Ok(())
+        write_synced(&manifest, &json)
     }
 
     /// Reads and checks a package directory.
@@ -214,6 +208,15 @@ impl ModelPackage {
         let classifier = Classifier::from_weights(self.manifest.model.clone(), &self.weights)?;
         Ok(Predictor { manifest: self.manifest, classifier })
     }
+}
+
+/// Writes a file and syncs it to disk before returning.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut file = std::fs::File::create(path).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)
 }
 
 /// One prediction.

@@ -99,7 +99,9 @@ impl TrainConfig {
                 self.epochs, self.batch_size
             )));
         }
-        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) || !(self.weight_decay >= 0.0) {
+        let lr_ok = self.learning_rate.is_finite() && self.learning_rate > 0.0;
+        let decay_ok = self.weight_decay.is_finite() && self.weight_decay >= 0.0;
+        if !lr_ok || !decay_ok {
             return Err(Error::Config(format!(
                 "learning_rate must be positive and weight_decay non-negative, got {} and {}",
                 self.learning_rate, self.weight_decay
@@ -353,7 +355,7 @@ impl Classifier {
         let device = Default::default();
         let record =
             Recorder::<Flex>::load(&recorder, weights.to_vec(), &device).map_err(|e| Error::Weights(e.to_string()))?;
-        let model = config.init::<Flex>(&device).load_record(record);
+        let model = config.init_for_loading::<Flex>(&device).load_record(record);
         Ok(Self { config, model })
     }
 

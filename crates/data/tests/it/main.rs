@@ -1,5 +1,7 @@
 //! Integration tests of kiln-data on the shipped datasets.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 mod split;
 mod validate;
 

@@ -114,3 +114,21 @@ fn the_dataset_hash_is_the_blake3_of_the_file() {
     let (_dir, other) = corrupted_digits(&[(1, 1, "1")]);
     assert_ne!(Dataset::load_csv(other).unwrap().hash(), Dataset::load_csv(data_file("digits.csv")).unwrap().hash());
 }
+
+#[test]
+fn every_violation_is_counted_but_only_the_first_are_detailed() {
+    // 30 bad rows across two columns, in reverse order of columns to check the row-order merge.
+    let edits: Vec<(usize, usize, &str)> = (1..=15).flat_map(|r| [(r * 10, 63, "-1"), (r * 10 + 1, 2, "99")]).collect();
+    let (_dir, path) = corrupted_digits(&edits);
+    let data = Dataset::load_csv(&path).unwrap();
+    let report = digits_schema().check(&data).unwrap();
+    assert_eq!(report.total, 30);
+    assert_eq!(report.bad_rows.len(), 30);
+    assert_eq!(report.violations.len(), kiln_data::MAX_REPORTED_VIOLATIONS);
+    let rows: Vec<usize> = report.violations.iter().map(|v| v.row).collect();
+    let mut sorted = rows.clone();
+    sorted.sort_unstable();
+    assert_eq!(rows, sorted);
+    assert_eq!((rows[0], report.violations[0].column.as_str()), (10, "pixel_7_7"));
+    assert_eq!((rows[1], report.violations[1].column.as_str()), (11, "pixel_0_2"));
+}

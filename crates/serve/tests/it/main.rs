@@ -1,5 +1,7 @@
 //! kiln-serve over real HTTP on 127.0.0.1.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::collections::BTreeMap;
 
 use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};

@@ -109,3 +109,57 @@ fn bad_names_are_refused() {
     }
     assert!(matches!(store.run("nope"), Err(Error::NotFound(_))));
 }
+
+/// Child half of `a_killed_writer_loses_nothing_it_flushed`: logs metrics forever (at most 20
+/// seconds), flushing every 10 values and saying so on stdout.
+fn killable_writer(store: &str) {
+    let store = Store::open(store).unwrap();
+    let mut run = store.start_run("crash").unwrap();
+    let started = std::time::Instant::now();
+    let mut step = 0u64;
+    while started.elapsed() < std::time::Duration::from_secs(20) {
+        run.log_metric("x", step, step as f64).unwrap();
+        step += 1;
+        if step.is_multiple_of(10) {
+            run.flush().unwrap();
+            println!("flushed {step}");
+        }
+    }
+}
+
+#[test]
+fn a_killed_writer_loses_nothing_it_flushed() {
+    if let Ok(store) = std::env::var("KILN_TEST_KILLABLE_STORE") {
+        return killable_writer(&store);
+    }
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "runs::a_killed_writer_loses_nothing_it_flushed", "--nocapture", "--test-threads=1"])
+        .env("KILN_TEST_KILLABLE_STORE", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut acknowledged = 0u64;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("flushed ") {
+            acknowledged = n.parse().unwrap();
+            if acknowledged >= 2000 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(acknowledged >= 2000, "the child stopped early");
+
+    let store = Store::open(dir.path()).unwrap();
+    let runs = store.runs(Some("crash")).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].status(), RunStatus::Running, "a killed run cannot record its end");
+    let points = store.metrics(&runs[0].meta.run_id).unwrap();
+    assert!(points.len() as u64 >= acknowledged, "{} points on disk, {acknowledged} acknowledged", points.len());
+    for (i, p) in points.iter().enumerate() {
+        assert_eq!((p.step, p.value), (i as u64, i as f64));
+    }
+}

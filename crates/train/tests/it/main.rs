@@ -1,5 +1,7 @@
 //! Integration tests of kiln-train: training on real data, packages on disk.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
