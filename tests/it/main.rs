@@ -45,7 +45,7 @@ fn two_quickstart_runs_leave_two_runs_and_two_versions() {
     let runs = store.runs(Some("digits")).unwrap();
     assert_eq!(runs.len(), 2);
     for run in &runs {
-        assert_eq!(run.status(), RunStatus::Finished);
+        assert_eq!(run.status(), RunStatus::Completed);
         assert!(run.final_metrics["test_accuracy"] >= 0.93, "test accuracy {}", run.final_metrics["test_accuracy"]);
         assert!(run.final_metrics.contains_key("val_loss") && run.final_metrics.contains_key("test_macro_f1"));
         assert_eq!(run.params["epochs"], serde_json::json!(12));

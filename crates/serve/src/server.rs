@@ -256,7 +256,9 @@ fn request_rows(request: &InferRequest, features: &[String]) -> std::result::Res
         }
         let mut values = Vec::new();
         flatten_numbers(&t.data, &mut values).map_err(|e| format!("input `{}`: {e}", t.name))?;
-        let expected: i64 = t.shape.iter().product();
+        let Some(expected) = t.shape.iter().try_fold(1i64, |n, d| n.checked_mul(*d)) else {
+            return Err(format!("input `{}`: shape {:?} is too large", t.name, t.shape));
+        };
         if values.len() as i64 != expected {
             return Err(format!(
                 "input `{}`: shape {:?} needs {expected} values, got {}",

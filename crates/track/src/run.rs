@@ -18,8 +18,8 @@ use crate::{Error, Result};
 pub enum RunStatus {
     /// Started and not yet finished (or killed before it could say so).
     Running,
-    /// Finished normally.
-    Finished,
+    /// Ended normally.
+    Completed,
     /// Ended with an error, or was dropped without being finished.
     Failed,
 }
@@ -29,7 +29,7 @@ impl RunStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Running => "running",
-            Self::Finished => "finished",
+            Self::Completed => "completed",
             Self::Failed => "failed",
         }
     }
@@ -213,7 +213,7 @@ impl Run {
 
     /// Ends the run successfully.
     pub fn finish(mut self) -> Result<()> {
-        self.end(RunStatus::Finished, None)
+        self.end(RunStatus::Completed, None)
     }
 
     /// Ends the run as failed, recording why.

@@ -35,7 +35,7 @@ fn runs_sql_and_models_read_the_store() {
     let out = kiln(&store_dir, &["runs"]);
     assert!(out.status.success());
     let text = stdout(&out);
-    assert!(text.contains(&id) && text.contains("finished") && text.contains("test_accuracy=0.8750"), "{text}");
+    assert!(text.contains(&id) && text.contains("completed") && text.contains("test_accuracy=0.8750"), "{text}");
 
     let out = kiln(&store_dir, &["sql", "SELECT run_id, value FROM run_metrics WHERE metric = 'test_accuracy'"]);
     assert!(out.status.success());

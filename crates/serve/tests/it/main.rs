@@ -108,7 +108,12 @@ fn bad_requests_get_clear_errors_and_are_counted() {
     let server = ServerHandle::start("127.0.0.1:0", vec![LoadedModel::from_dir("toy", "7", &pkg).unwrap()]).unwrap();
     let url = format!("{}/v2/models/toy/infer", server.url());
 
-    let cases: [(&str, u16, &str); 6] = [
+    let cases: [(&str, u16, &str); 7] = [
+        (
+            r#"{"inputs": [{"name": "input", "shape": [4611686018427387904, 4], "datatype": "FP32", "data": [1]}]}"#,
+            400,
+            "too large",
+        ),
         ("{not json", 400, "invalid inference request"),
         (r#"{"inputs": []}"#, 400, "no inputs"),
         (
@@ -152,7 +157,7 @@ fn bad_requests_get_clear_errors_and_are_counted() {
     assert_eq!(meta["inputs"][0]["shape"], json!([-1, 3]));
     assert_eq!(meta["parameters"]["labels"], json!(["low", "high"]));
     let metrics = ureq::get(&format!("{}/metrics", server.url())).call().unwrap().body_mut().read_to_string().unwrap();
-    assert!(metrics.contains(r#"kiln_infer_requests_total{model="toy",code="400"} 6"#), "{metrics}");
+    assert!(metrics.contains(r#"kiln_infer_requests_total{model="toy",code="400"} 7"#), "{metrics}");
     assert!(metrics.contains(r#"kiln_infer_rows_total{model="toy",code="200"} 2"#), "{metrics}");
     let err = client.infer("toy", &[vec![1.0, 2.0]]).unwrap_err().to_string();
     assert!(err.contains("HTTP 400") && err.contains("takes 3 features"), "{err}");

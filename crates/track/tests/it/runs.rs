@@ -27,7 +27,7 @@ fn a_run_round_trips_params_metrics_environment_and_status() {
 
     let rec = store.run(&id).unwrap();
     assert_eq!(rec.meta.name, "first");
-    assert_eq!(rec.status(), RunStatus::Finished);
+    assert_eq!(rec.status(), RunStatus::Completed);
     assert_eq!(rec.params["lr"], serde_json::json!(0.01));
     assert_eq!(rec.params["optimizer.name"], serde_json::json!("adam"));
     assert_eq!(rec.final_metrics["loss"], 1.0 / 3.0);

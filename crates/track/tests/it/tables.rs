@@ -37,7 +37,7 @@ fn lakehouse_tables_hold_what_was_logged() {
     assert_eq!(runs.height(), 2);
     assert!(matches!(runs.column("start_time").unwrap().dtype(), DataType::Datetime(_, _)));
     let status: Vec<Option<&str>> = runs.column("status").unwrap().str().unwrap().iter().collect();
-    assert_eq!(status, vec![Some("finished"), Some("finished")]);
+    assert_eq!(status, vec![Some("completed"), Some("completed")]);
     assert_eq!(read_table(&store, "epoch_metrics").height(), 8);
     let params = read_table(&store, "run_params");
     assert_eq!(params.height(), 2);
