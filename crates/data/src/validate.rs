@@ -110,6 +110,18 @@ impl ColumnSpec {
         }
     }
 
+    /// Checks one value given for this column in 1-based row `row` (for example of a served
+    /// request), returning the violation if it breaks the column's rules.
+    pub fn check_value(&self, row: usize, value: f64) -> Option<Violation> {
+        self.check_number(value).err().map(|found| Violation {
+            row,
+            line: None,
+            column: self.name.clone(),
+            expected: self.expected(),
+            found,
+        })
+    }
+
     /// Checks one numeric value against this column; `Err` holds what was found.
     fn check_number(&self, v: f64) -> std::result::Result<(), String> {
         let in_range = |lo: Option<f64>, hi: Option<f64>| lo.is_none_or(|lo| v >= lo) && hi.is_none_or(|hi| v <= hi);
@@ -285,21 +297,13 @@ impl Schema {
     }
 
     /// Checks one row of numbers given for the columns `features` (for example a served
-    /// request), returning every violation with `row` as the row number.
+    /// request), returning every violation with `row` as the row number. Features without a
+    /// column in the schema are not checked.
     pub fn check_row(&self, features: &[String], values: &[f64], row: usize) -> Vec<Violation> {
         features
             .iter()
             .zip(values)
-            .filter_map(|(name, v)| {
-                let spec = self.column(name)?;
-                spec.check_number(*v).err().map(|found| Violation {
-                    row,
-                    line: None,
-                    column: name.clone(),
-                    expected: spec.expected(),
-                    found,
-                })
-            })
+            .filter_map(|(name, v)| self.column(name).and_then(|spec| spec.check_value(row, *v)))
             .collect()
     }
 }

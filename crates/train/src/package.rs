@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_data::{LabelEncoder, Schema, StandardScaler};
+use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
@@ -206,7 +206,9 @@ impl ModelPackage {
     /// Builds a [`Predictor`] from this package.
     pub fn into_predictor(self) -> Result<Predictor> {
         let classifier = Classifier::from_weights(self.manifest.model.clone(), &self.weights)?;
-        Ok(Predictor { manifest: self.manifest, classifier })
+        let input_specs =
+            self.manifest.features.iter().map(|f| self.manifest.input_schema.column(f).cloned()).collect();
+        Ok(Predictor { manifest: self.manifest, classifier, input_specs })
     }
 }
 
@@ -235,6 +237,8 @@ pub struct Prediction {
 pub struct Predictor {
     manifest: Manifest,
     classifier: Classifier,
+    /// The input schema's spec of each feature, in feature order (resolved once, not per row).
+    input_specs: Vec<Option<ColumnSpec>>,
 }
 
 impl Predictor {
@@ -254,13 +258,14 @@ impl Predictor {
                 rows.ncols()
             )));
         }
-        let mut x: Array2<f64> = rows.to_owned();
-        for (i, row) in x.rows().into_iter().enumerate() {
-            let values: Vec<f64> = row.to_vec();
-            if let Some(v) = self.manifest.input_schema.check_row(features, &values, i + 1).into_iter().next() {
-                return Err(Error::Input { row: v.row, column: v.column, expected: v.expected, found: v.found });
+        for (i, row) in rows.rows().into_iter().enumerate() {
+            for (spec, value) in self.input_specs.iter().zip(row) {
+                if let Some(v) = spec.as_ref().and_then(|spec| spec.check_value(i + 1, *value)) {
+                    return Err(Error::Input { row: v.row, column: v.column, expected: v.expected, found: v.found });
+                }
             }
         }
+        let mut x: Array2<f64> = rows.to_owned();
         if let Some(scaler) = &self.manifest.scaler {
             scaler.transform(&mut x)?;
         }
