@@ -18,7 +18,8 @@ use crate::{Error, Result};
 pub enum RunStatus {
     /// Started and not yet finished (or killed before it could say so).
     Running,
-    /// Ended normally.
+    /// Ended normally. (Stores written before this name was chosen say `finished`.)
+    #[serde(alias = "finished")]
     Completed,
     /// Ended with an error, or was dropped without being finished.
     Failed,

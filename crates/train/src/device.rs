@@ -153,6 +153,19 @@ mod tests {
         assert!("cuda:x".parse::<DeviceSpec>().is_err());
     }
 
+    /// Built with `cuda` on a machine without an NVIDIA driver (like CI's): `auto` must pick the
+    /// CPU, and an explicit `cuda:0` must say why it cannot be used, neither by panicking.
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn without_a_driver_auto_falls_back_and_cuda_explains() {
+        if std::path::Path::new("/proc/driver/nvidia").exists() {
+            return; // a GPU machine: the GPU run of the quickstart covers this path
+        }
+        assert_eq!(DeviceSpec::Auto.resolve().unwrap(), Device::Cpu);
+        let err = DeviceSpec::Cuda(0).resolve().unwrap_err().to_string();
+        assert!(err.contains("libcuda") || err.contains("driver"), "{err}");
+    }
+
     #[test]
     fn auto_never_fails_and_cpu_always_resolves() {
         assert_eq!(DeviceSpec::Cpu.resolve().unwrap(), Device::Cpu);

@@ -169,6 +169,9 @@ pub fn train(
     if train.is_empty() {
         return Err(Error::Shape("no training rows".into()));
     }
+    if val.is_some_and(Examples::is_empty) {
+        return Err(Error::Shape("the validation set has no rows (pass None to train without one)".into()));
+    }
     let model = MlpConfig { inputs: train.x.ncols(), hidden: config.hidden.clone(), classes, dropout: config.dropout };
     model.validate()?;
     for (name, ex) in [("training", Some(train)), ("validation", val)] {

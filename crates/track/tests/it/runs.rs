@@ -163,3 +163,16 @@ fn a_killed_writer_loses_nothing_it_flushed() {
         assert_eq!((p.step, p.value), (i as u64, i as f64));
     }
 }
+
+#[test]
+fn summaries_that_say_finished_read_as_completed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let run = store.start_run("exp").unwrap();
+    let id = run.id().to_string();
+    run.finish().unwrap();
+    let summary = dir.path().join("runs").join(&id).join("summary.json");
+    let text = std::fs::read_to_string(&summary).unwrap().replace("\"completed\"", "\"finished\"");
+    std::fs::write(&summary, text).unwrap();
+    assert_eq!(store.run(&id).unwrap().status(), RunStatus::Completed);
+}

@@ -148,6 +148,9 @@ fn bad_configurations_are_errors() {
     let y_out_of_range = Examples::new(Array2::zeros((2, 2)), vec![0, 5]).unwrap();
     assert!(matches!(train(&cpu, 2, &y_out_of_range, None, None, &mut |_| {}), Err(Error::Shape(_))));
     assert!(Examples::new(Array2::zeros((2, 2)), vec![0]).is_err());
+    let empty = Examples::new(Array2::zeros((0, 2)), vec![]).unwrap();
+    assert!(matches!(train(&cpu, 2, &x, Some(&empty), None, &mut |_| {}), Err(Error::Shape(_))));
+    assert!(matches!(train(&cpu, 2, &empty, None, None, &mut |_| {}), Err(Error::Shape(_))));
 }
 
 #[test]
