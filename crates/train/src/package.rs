@@ -17,7 +17,7 @@ use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::model::MlpConfig;
-use crate::trainer::{Classifier, TrainConfig, Trained};
+use crate::trainer::{Classifier, TrainConfig, Trained, best_class};
 use crate::{Error, Result};
 
 /// The package format this version of kiln writes and reads.
@@ -274,7 +274,7 @@ impl Predictor {
             .rows()
             .into_iter()
             .map(|p| {
-                let class = p.iter().enumerate().fold((0, f32::MIN), |b, (i, v)| if *v > b.1 { (i, *v) } else { b }).0;
+                let class = best_class(p.iter());
                 Prediction {
                     class,
                     label: self.manifest.labels.decode(class).unwrap_or_default().to_string(),

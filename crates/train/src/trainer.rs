@@ -343,6 +343,11 @@ fn fit<B: AutodiffBackend>(
     Ok(Trained { model: arch, weights, history, best_epoch, device: resolved })
 }
 
+/// The index of the largest value (the first, on ties; NaN never wins).
+pub(crate) fn best_class<'a>(values: impl IntoIterator<Item = &'a f32>) -> usize {
+    values.into_iter().enumerate().fold((0, f32::MIN), |best, (i, v)| if *v > best.1 { (i, *v) } else { best }).0
+}
+
 /// A trained MLP on the CPU, for prediction.
 #[derive(Debug)]
 pub struct Classifier {
@@ -388,11 +393,19 @@ impl Classifier {
     /// The most probable class of each row.
     pub fn predict(&self, x: ArrayView2<'_, f32>) -> Result<Vec<usize>> {
         let p = self.predict_proba(x)?;
-        Ok(p.rows()
-            .into_iter()
-            .map(|r| {
-                r.iter().enumerate().fold((0, f32::MIN), |best, (i, v)| if *v > best.1 { (i, *v) } else { best }).0
-            })
-            .collect())
+        Ok(p.rows().into_iter().map(|r| best_class(r.iter())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::best_class;
+
+    #[test]
+    fn best_class_takes_the_first_maximum_and_never_nan() {
+        assert_eq!(best_class(&[0.1, 0.7, 0.2]), 1);
+        assert_eq!(best_class(&[0.4, 0.4, 0.2]), 0);
+        assert_eq!(best_class(&[f32::NAN, 0.3, 0.7]), 2);
+        assert_eq!(best_class(&[]), 0);
     }
 }
