@@ -13,7 +13,6 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 
 use crate::fsutil::write_atomic;
-use crate::run::read_metrics;
 use crate::{Result, Store};
 
 /// The tables [`Store::refresh_tables`] writes, one Parquet file each under `lakehouse/`.
@@ -42,7 +41,7 @@ impl Store {
     /// * `epoch_metrics`: `run_id, step, metric, value, logged_at`, every logged value.
     /// * `model_registry`: `model, version, run_id, dataset_hash, created_at, aliases`.
     pub fn refresh_tables(&self) -> Result<()> {
-        let runs = self.runs(None)?;
+        let runs = self.runs_with_points(None)?;
 
         let mut run_id = Vec::new();
         let (mut experiment, mut name, mut status) = (Vec::new(), Vec::new(), Vec::new());
@@ -54,7 +53,7 @@ impl Store {
         let (mut e_run, mut e_step, mut e_name, mut e_value, mut e_ts) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
 
-        for run in &runs {
+        for (run, points) in &runs {
             let id = run.meta.run_id.clone();
             run_id.push(Some(id.clone()));
             experiment.push(Some(run.meta.experiment.clone()));
@@ -79,9 +78,8 @@ impl Store {
                     other => other.to_string(),
                 }));
             }
-            let points = read_metrics(&run.dir.join("metrics.jsonl"))?;
             let mut last: std::collections::BTreeMap<&str, (f64, u64)> = Default::default();
-            for p in &points {
+            for p in points {
                 last.insert(&p.name, (p.value, p.step));
                 e_run.push(Some(id.clone()));
                 e_step.push(p.step);

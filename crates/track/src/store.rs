@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::error::IoContext;
 use crate::fsutil::{self, now_ms, read_json};
 use crate::run::{RunMeta, RunRecord, RunSummary, read_metrics};
-use crate::{Error, Registry, Result, Run};
+use crate::{Error, MetricPoint, Registry, Result, Run};
 
 /// The environment variable that overrides the default store location.
 pub const STORE_ENV: &str = "KILN_STORE";
@@ -101,41 +101,47 @@ impl Store {
         if !dir.join("meta.json").exists() {
             return Err(Error::NotFound(format!("run {run_id} in {}", self.root.display())));
         }
-        read_run(&dir)
+        let meta = read_json(&dir.join("meta.json"))?;
+        read_run(&dir, meta).map(|(run, _)| run)
     }
 
     /// Every run, oldest first, optionally only those of one experiment. Directories without
     /// a `meta.json` (a run being created right now) are skipped.
     pub fn runs(&self, experiment: Option<&str>) -> Result<Vec<RunRecord>> {
+        self.runs_with_points(experiment).map(|runs| runs.into_iter().map(|(run, _)| run).collect())
+    }
+
+    /// Like [`Store::runs`], with each run's metric points, reading every log once.
+    pub(crate) fn runs_with_points(&self, experiment: Option<&str>) -> Result<Vec<(RunRecord, Vec<MetricPoint>)>> {
         let dir = self.root.join("runs");
-        let mut ids: Vec<PathBuf> = Vec::new();
+        let mut run_dirs: Vec<PathBuf> = Vec::new();
         for entry in std::fs::read_dir(&dir).at(&dir)? {
             let entry = entry.at(&dir)?;
             if entry.path().join("meta.json").exists() {
-                ids.push(entry.path());
+                run_dirs.push(entry.path());
             }
         }
-        ids.sort();
-        let mut out = Vec::with_capacity(ids.len());
-        for run_dir in ids {
+        run_dirs.sort();
+        let mut out = Vec::with_capacity(run_dirs.len());
+        for run_dir in run_dirs {
             let meta: RunMeta = read_json(&run_dir.join("meta.json"))?;
             if experiment.is_some_and(|e| e != meta.experiment) {
                 continue;
             }
-            out.push(read_run(&run_dir)?);
+            out.push(read_run(&run_dir, meta)?);
         }
         Ok(out)
     }
 
     /// All metric values of a run, in logging order.
-    pub fn metrics(&self, run_id: &str) -> Result<Vec<crate::MetricPoint>> {
+    pub fn metrics(&self, run_id: &str) -> Result<Vec<MetricPoint>> {
         let run = self.run(run_id)?;
         read_metrics(&run.dir.join("metrics.jsonl"))
     }
 }
 
-pub(crate) fn read_run(dir: &Path) -> Result<RunRecord> {
-    let meta: RunMeta = read_json(&dir.join("meta.json"))?;
+/// Reads the rest of a run whose `meta.json` has been read, returning its metric points too.
+fn read_run(dir: &Path, meta: RunMeta) -> Result<(RunRecord, Vec<MetricPoint>)> {
     let params = match read_json(&dir.join("params.json")) {
         Ok(p) => p,
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -144,11 +150,9 @@ pub(crate) fn read_run(dir: &Path) -> Result<RunRecord> {
     let environment = read_json(&dir.join("env.json")).ok();
     let summary_path = dir.join("summary.json");
     let summary: Option<RunSummary> = if summary_path.exists() { Some(read_json(&summary_path)?) } else { None };
-    let mut final_metrics = BTreeMap::new();
-    for p in read_metrics(&dir.join("metrics.jsonl"))? {
-        final_metrics.insert(p.name, p.value);
-    }
-    Ok(RunRecord { meta, params, environment, summary, final_metrics, dir: dir.to_path_buf() })
+    let points = read_metrics(&dir.join("metrics.jsonl"))?;
+    let final_metrics = points.iter().map(|p| (p.name.clone(), p.value)).collect();
+    Ok((RunRecord { meta, params, environment, summary, final_metrics, dir: dir.to_path_buf() }, points))
 }
 
 /// A run id: 12 hex digits of milliseconds (sortable by start time), then 8 hex digits from
