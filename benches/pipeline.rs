@@ -9,7 +9,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
 use kiln::train::{DeviceSpec, Examples, ModelPackage, PackageSpec, TrainConfig, train};
 
-const DIGITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
+/// data/digits.csv of this checkout (`cargo bench` sets CARGO_MANIFEST_DIR at run time).
+fn digits() -> String {
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    format!("{root}/data/digits.csv")
+}
 
 fn features() -> Vec<String> {
     (0..8).flat_map(|r| (0..8).map(move |c| format!("pixel_{r}_{c}"))).collect()
@@ -22,10 +26,11 @@ fn schema() -> Schema {
 }
 
 fn data_stages(c: &mut Criterion) {
-    let data = Dataset::load_csv(DIGITS).expect("digits");
+    let path = digits();
+    let data = Dataset::load_csv(&path).expect("digits");
     let labels = data.to_strings("label").expect("labels");
     let raw = data.to_matrix(&features()).expect("matrix");
-    c.bench_function("load_csv digits (1797x65)", |b| b.iter(|| Dataset::load_csv(black_box(DIGITS))));
+    c.bench_function("load_csv digits (1797x65)", |b| b.iter(|| Dataset::load_csv(black_box(&path))));
     let schema = schema();
     c.bench_function("validate digits (115k cells)", |b| b.iter(|| schema.check(black_box(&data))));
     c.bench_function("stratified_split digits", |b| {
@@ -35,7 +40,8 @@ fn data_stages(c: &mut Criterion) {
 }
 
 fn predict(c: &mut Criterion) {
-    let data = Dataset::load_csv(DIGITS).expect("digits");
+    let path = digits();
+    let data = Dataset::load_csv(&path).expect("digits");
     let labels = data.to_strings("label").expect("labels");
     let raw = data.to_matrix(&features()).expect("matrix");
     let encoder = LabelEncoder::fit(&labels);

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
 use kiln::serve::{Client, LoadedModel, ServerHandle};
-use kiln::track::{RegisterOptions, Store};
+use kiln::track::{DatasetInput, RegisterOptions, Store};
 use kiln::train::{ClassificationReport, Examples, Lineage, ModelPackage, PackageSpec, TrainConfig, train};
 use ndarray::{Array2, Axis};
 
@@ -26,7 +26,10 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let data_path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
+    // The checkout's data directory: `cargo run` sets CARGO_MANIFEST_DIR at run time, which
+    // stays right when a shared target directory holds a binary built in another checkout.
+    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let data_path = &format!("{root}/data/digits.csv");
 
     // a. Load with Polars and validate: 64 pixel counts in 0..=16, a label in 0..=9.
     let data = Dataset::load_csv(data_path)?;
@@ -77,7 +80,13 @@ fn main() -> Result<()> {
     run.log_params(&config)?;
     run.log_param("split_seed", SEED)?;
     run.log_param("dataset", data_path)?;
-    run.set_tag("dataset_hash", data.hash())?;
+    run.log_input(DatasetInput {
+        name: "digits".into(),
+        digest: data.hash().into(),
+        source: data_path.into(),
+        rows: Some(data.height() as u64),
+        context: Some("train/validation/test".into()),
+    })?;
     println!("run {} in {} (store {})", run.id(), EXPERIMENT, store.root().display());
     let trained = train(&config, encoder.len(), &train_set, Some(&val_set), Some(&mut run), &mut |e| {
         println!(
@@ -98,8 +107,7 @@ fn main() -> Result<()> {
     let evaluation = ClassificationReport::compute(&test_set.y, &predicted, &encoder.classes)?;
     let step = trained.history.len() as u64;
     run.log_metrics(step, &[("test_accuracy", evaluation.accuracy), ("test_macro_f1", evaluation.macro_f1)])?;
-    let report_path = run.artifact_dir()?.join("test_report.json");
-    std::fs::write(&report_path, serde_json::to_vec_pretty(&evaluation)?)?;
+    run.log_artifact_bytes("test_report.json", &serde_json::to_vec_pretty(&evaluation)?)?;
     print!("test set: {evaluation}");
 
     // g. Package the model with its preprocessing, schema, labels, metrics and lineage; register it.
@@ -127,17 +135,19 @@ fn main() -> Result<()> {
             },
         },
     )?;
-    let package_dir = run.artifact_dir()?.join("model");
+    let package_dir = run.scratch_dir()?.join("model");
     package.save(&package_dir)?;
+    run.log_artifact("model", &package_dir)?;
     let registry = store.registry();
     let version = registry.register(
         MODEL,
         &package_dir,
         RegisterOptions {
             run_id: Some(run.id().into()),
-            dataset_hash: Some(data.hash().into()),
+            dataset_digests: vec![data.hash().into()],
             metrics,
             description: Some("MLP on UCI digits, from the quickstart".into()),
+            ..Default::default()
         },
     )?;
     registry.set_alias(MODEL, "production", version.version)?;
@@ -159,9 +169,9 @@ fn main() -> Result<()> {
 
     // i. SQL over the store: every run of the experiment with its test accuracy.
     let table = store.sql(&format!(
-        "WITH acc AS (SELECT run_id, value AS test_accuracy FROM run_metrics WHERE metric = 'test_accuracy')
+        "WITH acc AS (SELECT run_id, value AS test_accuracy FROM latest_metrics WHERE key = 'test_accuracy')
          SELECT r.run_id, r.status, r.start_time, acc.test_accuracy
-         FROM experiment_runs r LEFT JOIN acc ON r.run_id = acc.run_id
+         FROM runs r LEFT JOIN acc ON r.run_id = acc.run_id
          WHERE r.experiment = '{EXPERIMENT}' ORDER BY r.start_time"
     ))?;
     println!("{table}");

@@ -51,19 +51,19 @@ fn two_quickstart_runs_leave_two_runs_and_two_versions() {
         assert_eq!(run.params["epochs"], serde_json::json!(12));
         let env = run.environment.as_ref().unwrap();
         assert!(env.cpu_count >= 1 && !env.hostname.is_empty());
-        assert_eq!(store.metrics(&run.meta.run_id).unwrap().iter().filter(|p| p.name == "train_loss").count(), 12);
+        assert_eq!(store.metrics(&run.meta.run_id).unwrap().iter().filter(|p| p.key == "train_loss").count(), 12);
     }
     let registry = store.registry();
     let versions = registry.versions("digits-mlp").unwrap();
     assert_eq!(versions.len(), 2);
     assert_eq!(registry.resolve("digits-mlp", "production").unwrap().version, 2);
-    assert_eq!(versions[1].options.run_id.as_deref(), Some(runs[1].meta.run_id.as_str()));
+    assert_eq!(versions[1].lineage.run_id.as_deref(), Some(runs[1].meta.run_id.as_str()));
 
     // The SQL table printed at the end lists both runs.
     for run in &runs {
         assert!(second.contains(&run.meta.run_id[..12]), "run {} missing from\n{second}", run.meta.run_id);
     }
-    let table = store.sql("SELECT run_id FROM run_metrics WHERE metric = 'test_accuracy'").unwrap();
+    let table = store.sql("SELECT run_id FROM latest_metrics WHERE key = 'test_accuracy'").unwrap();
     assert_eq!(table.height(), 2);
 
     check_scaler_was_fitted_on_train_rows_only(&versions[1].package_dir);

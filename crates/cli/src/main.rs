@@ -26,12 +26,14 @@ enum Command {
         #[arg(long, short)]
         experiment: Option<String>,
     },
-    /// Run a SQL query over the lakehouse tables (experiment_runs, run_params, run_metrics,
-    /// epoch_metrics, model_registry).
+    /// Run a SQL query over the store's tables (runs, params, metrics, latest_metrics, tags,
+    /// datasets, models, model_events).
     Sql {
         /// The query.
         query: String,
     },
+    /// Fold finished runs into the store's Parquet tables (queries get faster; nothing changes).
+    Compact,
     /// List registered models, or the versions of one.
     Models {
         /// A model name.
@@ -64,9 +66,9 @@ fn main() -> Result<()> {
             println!("{:<20}  {:<16}  {:<9}  {:>9}  metrics", "run", "experiment", "status", "seconds");
             for run in store.runs(experiment.as_deref())? {
                 let seconds = run
-                    .summary
-                    .as_ref()
-                    .map(|s| format!("{:.1}", (s.end_ms - run.meta.start_ms) as f64 / 1000.0))
+                    .state
+                    .end_ms
+                    .map(|end| format!("{:.1}", (end - run.meta.start_ms) as f64 / 1000.0))
                     .unwrap_or_default();
                 let metrics: Vec<String> = run.final_metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
                 println!(
@@ -78,6 +80,17 @@ fn main() -> Result<()> {
                     metrics.join(" ")
                 );
             }
+        }
+        Command::Compact => {
+            let report = store.compact()?;
+            println!(
+                "compacted {} run(s), {} metric point(s) into {} batch(es) in {:.2}s; removed {} leftover file(s)",
+                report.runs,
+                report.points,
+                report.batches.len(),
+                report.seconds,
+                report.removed_uncommitted
+            );
         }
         Command::Sql { query } => {
             println!("{}", store.sql(&query)?);
@@ -97,11 +110,11 @@ fn main() -> Result<()> {
             for v in registry.versions(&model)? {
                 let names: Vec<&str> =
                     aliases.iter().filter(|(_, n)| **n == v.version).map(|(a, _)| a.as_str()).collect();
-                let metrics: Vec<String> = v.options.metrics.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
+                let metrics: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
                 println!(
                     "v{}  run {}  {}  {}",
                     v.version,
-                    v.options.run_id.as_deref().unwrap_or("-"),
+                    v.lineage.run_id.as_deref().unwrap_or("-"),
                     metrics.join(" "),
                     names.join(",")
                 );

@@ -40,6 +40,34 @@ pub enum Error {
     /// A run, model, version or alias that does not exist.
     #[error("{0} not found")]
     NotFound(String),
+    /// A parameter logged again with a different value.
+    #[error("parameter {key:?} was already logged as {old}; refusing to change it to {new} (use overwrite_param)")]
+    ParamConflict {
+        /// The dotted key.
+        key: String,
+        /// The value logged first.
+        old: String,
+        /// The value refused.
+        new: String,
+    },
+    /// A run that another live process is writing.
+    #[error("run {run_id} is still being written by {owner}; a run has one writer at a time")]
+    RunBusy {
+        /// The run.
+        run_id: String,
+        /// Who writes it.
+        owner: String,
+    },
+    /// A store written in a format this version cannot read.
+    #[error("{}: store format {found}, this kiln reads format {supported}", path.display())]
+    Format {
+        /// The store's `store.json`.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+        /// The format supported.
+        supported: u32,
+    },
     /// A value that cannot be logged (a NaN or infinite metric is logged; this is for others).
     #[error("invalid value: {0}")]
     InvalidValue(String),

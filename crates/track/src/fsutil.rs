@@ -2,7 +2,7 @@
 //! fully written, synced temporary file, so a reader sees the old or the new content, never a
 //! torn one, and a write that returned has reached the disk.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +15,7 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id(),
-        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+    let tmp = unique_tmp(dir, path.file_name().and_then(|n| n.to_str()).unwrap_or("file"));
     let result = (|| {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
@@ -32,6 +27,16 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A name for a temporary file in `dir` that no other process or thread uses.
+pub(crate) fn unique_tmp(dir: &Path, stem: &str) -> std::path::PathBuf {
+    dir.join(format!(
+        ".{stem}.tmp-{}-{}-{}",
+        crate::env::hostname(),
+        std::process::id(),
+        TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Writes `value` as pretty JSON, atomically.
@@ -51,15 +56,18 @@ pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T
     })
 }
 
+/// Reads a JSON file, or the default value if it does not exist.
+pub(crate) fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(path: &Path) -> Result<T> {
+    match read_json(path) {
+        Err(crate::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
+        other => other,
+    }
+}
+
 /// Syncs a directory so that a rename or a new entry in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     // Opening a directory read-only and fsyncing it is how POSIX makes entries durable.
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
-}
-
-/// Opens `path` for appending, creating it if needed.
-pub(crate) fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new().create(true).append(true).open(path).at(path)
 }
 
 /// Copies a file or a directory tree.

@@ -2,16 +2,27 @@
 //! queried with SQL, and a model registry.
 //!
 //! Everything lives in a [`Store`], a plain directory (`./kiln-store`, or `KILN_STORE`) that
-//! works offline on a cluster's shared file system. A [`Run`] records parameters, metrics
-//! and artifacts of one training job together with its [`Environment`] (git commit, compiler,
-//! host, CPUs, Slurm variables). No process ever takes a lock: each run writes its own
-//! directory, files are replaced by atomic renames, and metric logs are append-only and
-//! synced on [`Run::flush`], so a crash loses nothing that was flushed.
+//! works offline on a cluster's shared file system. A [`Run`] records the parameters,
+//! metrics, dataset inputs and artifacts of one training job together with its
+//! [`Environment`] (git commit, branch and diff, toolchain, Cargo.lock, host, GPUs, Slurm
+//! variables, command line).
 //!
-//! [`Store::refresh_tables`] derives lakehouse tables (`experiment_runs`, `run_params`,
-//! `run_metrics`, `epoch_metrics`, `model_registry`) as Parquet files, and [`Store::sql`]
-//! queries them with Polars SQL. The [`Registry`] keeps numbered, immutable versions of named
-//! models and aliases such as `production`.
+//! * **No locks.** Each run directory has one writer; run ids are unique across hosts;
+//!   registry versions are claimed by atomic renames. Many processes (32 array tasks, say) can
+//!   write one store at once.
+//! * **Logging never blocks training.** [`Run::log_metric`] appends to a local buffer; full
+//!   buffers go to a background thread that writes checksummed blocks to an append-only
+//!   segment file. [`Run::flush`] returns once everything before it is synced to disk.
+//! * **Crash-safe.** A process killed mid-write loses only what it had not flushed; the torn
+//!   tail of its segment is detected by checksum and ignored, and the run reads as
+//!   [`RunStatus::Killed`]. [`Store::resume_run`] continues it in a new segment.
+//! * **SQL.** [`Store::sql`] runs Polars SQL over the tables `runs`, `params`, `metrics`,
+//!   `latest_metrics`, `tags`, `datasets`, `models` and `model_events`. [`Store::compact`]
+//!   folds finished runs into plain Parquet files; queries see compacted and live runs alike.
+//! * **Sync.** [`Store::sync_to`] copies one store into another (node-local scratch to the
+//!   project directory), idempotently, including runs still being written.
+//! * **Registry.** [`Registry`] keeps numbered, immutable versions of named models with
+//!   lineage, aliases such as `production`, and the history of every transition.
 //!
 //! kiln-track depends on no other kiln crate; kiln-train logs to it, kiln-serve loads models
 //! from its registry.
@@ -21,37 +32,43 @@
 //!
 //! # fn main() -> kiln_track::Result<()> {
 //! let store = Store::open("kiln-store")?;
-//! let mut run = store.start_run("digits")?;
+//! let mut run = store.run_builder("digits").name("mlp-lr1e-3").tag("team", "vision").start()?;
 //! run.log_param("lr", 1e-3)?;
 //! for epoch in 1..=3 {
 //!     run.log_metric("train_loss", epoch, 1.0 / epoch as f64)?;
 //! }
-//! run.flush()?;
+//! run.flush()?; // durable from here on
 //! let version = store.registry().register("digits-mlp", "model-dir".as_ref(), RegisterOptions {
 //!     run_id: Some(run.id().to_string()),
 //!     ..Default::default()
 //! })?;
 //! store.registry().set_alias("digits-mlp", "production", version.version)?;
 //! run.finish()?;
-//! println!("{}", store.sql("SELECT run_id, status FROM experiment_runs")?);
+//! println!("{}", store.sql("SELECT run_id, status FROM runs")?);
 //! # Ok(()) }
 //! ```
 
+mod artifacts;
 mod env;
 mod error;
 mod fsutil;
 mod lakehouse;
 mod registry;
 mod run;
+mod segment;
 mod sql;
 mod store;
+mod sync;
+mod writer;
 
-pub use env::Environment;
+pub use artifacts::{Artifact, ArtifactFile, ArtifactKind};
+pub use env::{Environment, Gpu};
 pub use error::{Error, Result};
-pub use lakehouse::TABLES;
-pub use registry::{ModelVersion, RegisterOptions, Registry};
-pub use run::{MetricPoint, Run, RunMeta, RunRecord, RunStatus, RunSummary};
-pub use store::{STORE_ENV, Store};
+pub use lakehouse::{CompactReport, TABLES};
+pub use registry::{EventKind, Lineage, ModelVersion, RegisterOptions, Registry, RegistryEvent};
+pub use run::{DatasetInput, HEARTBEAT_STALE_MS, Heartbeat, MetricPoint, Run, RunMeta, RunRecord, RunState, RunStatus};
+pub use store::{FORMAT_VERSION, RunBuilder, STORE_ENV, Store};
+pub use sync::SyncReport;
 
 /// Re-exported so callers can use query results without naming a Polars version.
 pub use polars::prelude::DataFrame;

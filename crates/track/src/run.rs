@@ -1,28 +1,33 @@
-//! Runs: one execution of a training script, with its parameters, metrics and artifacts.
+//! Runs: one execution of a training script, with its parameters, metrics, inputs and
+//! artifacts.
 
-use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::env::Environment;
+use crate::artifacts::{Artifact, Manifest, checked_relative};
+use crate::env::{Environment, hostname};
 use crate::error::IoContext;
-use crate::fsutil::{self, now_ms, write_json};
-use crate::{Error, Result};
+use crate::fsutil::{self, now_ms, read_json, read_json_or_default, write_json};
+use crate::segment::{DecodedPoint, read_segment, segment_numbers};
+use crate::writer::{HEARTBEAT_INTERVAL, MetricSink};
+use crate::{Error, Result, Store};
 
 /// How a run ended, or that it has not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
-    /// Started and not yet finished (or killed before it could say so).
+    /// Started, not finished, and its process is alive.
     Running,
-    /// Ended normally. (Stores written before this name was chosen say `finished`.)
-    #[serde(alias = "finished")]
+    /// Ended normally.
     Completed,
     /// Ended with an error, or was dropped without being finished.
     Failed,
+    /// Stopped from outside: ended by [`Run::kill`] (a SIGTERM or preemption handler), or its
+    /// process died without ending it (its heartbeat stopped).
+    Killed,
 }
 
 impl RunStatus {
@@ -32,11 +37,23 @@ impl RunStatus {
             Self::Running => "running",
             Self::Completed => "completed",
             Self::Failed => "failed",
+            Self::Killed => "killed",
         }
+    }
+
+    /// Whether the run has ended (everything but `running`).
+    pub fn is_terminal(self) -> bool {
+        self != Self::Running
     }
 }
 
-/// What is written when a run starts (`meta.json`).
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A run's identity, written once when it starts (`meta.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunMeta {
     /// Unique, time-ordered id.
@@ -45,37 +62,94 @@ pub struct RunMeta {
     pub experiment: String,
     /// A human name for the run (defaults to the id).
     pub name: String,
+    /// The run this one belongs to, e.g. the sweep of a trial.
+    #[serde(default)]
+    pub parent_run_id: Option<String>,
     /// Start time, milliseconds since the Unix epoch.
     pub start_ms: i64,
-    /// Free-form labels.
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
 }
 
-/// What is written when a run ends (`summary.json`).
+/// Where a run stands (`status.json`), rewritten when it ends or is resumed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RunSummary {
-    /// How the run ended.
+pub struct RunState {
+    /// The recorded status (a `running` run whose process died reads as killed, see
+    /// [`RunRecord::status`]).
     pub status: RunStatus,
-    /// End time, milliseconds since the Unix epoch.
-    pub end_ms: i64,
-    /// Why it failed, for failed runs.
+    /// 1 for the first session, then one more for each resume.
+    pub attempt: u32,
+    /// End time, milliseconds since the Unix epoch, once ended.
+    #[serde(default)]
+    pub end_ms: Option<i64>,
+    /// Why it failed or was killed.
     #[serde(default)]
     pub error: Option<String>,
+}
+
+/// Who is writing a run, refreshed by its metric writer every 15 s (`heartbeat.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Process id of the writer.
+    pub pid: u32,
+    /// Host of the writer.
+    pub host: String,
+    /// Its Slurm job id, if any (a requeued job keeps its id).
+    #[serde(default)]
+    pub slurm_job_id: Option<String>,
+    /// The attempt the writer is running.
+    pub attempt: u32,
+    /// When the writer was last seen alive, milliseconds since the Unix epoch.
+    pub seen_ms: i64,
+}
+
+/// A heartbeat older than this (from another host) means the writer is gone.
+pub const HEARTBEAT_STALE_MS: i64 = 4 * HEARTBEAT_INTERVAL.as_millis() as i64;
+
+impl Heartbeat {
+    /// Whether the writing process is alive: on this host, whether the process exists; on
+    /// another host, whether the heartbeat is fresh.
+    pub fn is_alive(&self) -> bool {
+        if self.host == hostname() && Path::new("/proc/self").exists() {
+            return Path::new("/proc").join(self.pid.to_string()).exists();
+        }
+        now_ms() - self.seen_ms < HEARTBEAT_STALE_MS
+    }
+}
+
+/// A dataset a run read (a row of the dataset catalog).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatasetInput {
+    /// A name for the dataset, e.g. `digits`.
+    pub name: String,
+    /// Its content digest (kiln-data's BLAKE3 of the file).
+    pub digest: String,
+    /// Where it came from: a path or URL.
+    pub source: String,
+    /// Number of rows, if known.
+    #[serde(default)]
+    pub rows: Option<u64>,
+    /// What the run used it for: `train`, `validation`, `test`, ...
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 /// One logged metric value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricPoint {
+    /// Metric name.
+    pub key: String,
     /// The step (epoch, iteration) the value belongs to.
     pub step: u64,
-    /// Metric name.
-    pub name: String,
-    /// The value. NaN and infinities are kept (written as strings in the log).
-    #[serde(with = "float_or_string")]
+    /// The value. NaN and infinities are kept.
     pub value: f64,
     /// When it was logged, milliseconds since the Unix epoch.
     pub ts: i64,
+}
+
+impl MetricPoint {
+    /// `false` for NaN and infinities, which are stored and flagged, never dropped.
+    pub fn is_finite(&self) -> bool {
+        self.value.is_finite()
+    }
 }
 
 /// A run as read back from the store.
@@ -83,48 +157,141 @@ pub struct MetricPoint {
 pub struct RunRecord {
     /// Identity and start.
     pub meta: RunMeta,
+    /// Recorded status, attempt and end.
+    pub state: RunState,
+    /// Free-form labels.
+    pub tags: BTreeMap<String, String>,
     /// Logged parameters, flattened to dotted keys.
     pub params: BTreeMap<String, serde_json::Value>,
-    /// The captured environment.
+    /// Datasets the run read.
+    pub inputs: Vec<DatasetInput>,
+    /// Logged artifacts by name.
+    pub artifacts: BTreeMap<String, Artifact>,
+    /// The environment captured at the start of the latest attempt.
     pub environment: Option<Environment>,
-    /// How it ended, if it did.
-    pub summary: Option<RunSummary>,
-    /// The last value of each metric.
+    /// The writer's last heartbeat.
+    pub heartbeat: Option<Heartbeat>,
+    /// The last value of each metric (by step order of logging; see [`Store::metrics`]).
     pub final_metrics: BTreeMap<String, f64>,
     /// The run's directory.
     pub dir: PathBuf,
 }
 
 impl RunRecord {
-    /// The run's status: `running` until a summary is written.
+    /// The run's status. A run recorded as `running` whose writer is gone (killed with
+    /// SIGKILL, out of memory, node failure) reads as [`RunStatus::Killed`].
     pub fn status(&self) -> RunStatus {
-        self.summary.as_ref().map_or(RunStatus::Running, |s| s.status)
+        match self.state.status {
+            RunStatus::Running if !self.heartbeat.as_ref().is_some_and(Heartbeat::is_alive) => RunStatus::Killed,
+            s => s,
+        }
     }
 }
 
-/// A run in progress. Metric values are buffered in memory and written by [`Run::flush`]
-/// (which syncs them to disk: a flushed value survives a crash) and by [`Run::finish`]. A run
-/// dropped without `finish` is recorded as failed.
+/// A run in progress.
+///
+/// [`Run::log_metric`] never waits for the disk: points go to a background writer in batches
+/// (see the crate docs). [`Run::flush`] returns once everything logged before it is durable;
+/// [`Run::finish`], [`Run::fail`] and [`Run::kill`] flush and record how the run ended. A run
+/// dropped without ending is recorded as failed.
 #[derive(Debug)]
 pub struct Run {
+    store: Store,
     meta: RunMeta,
+    state: RunState,
     dir: PathBuf,
-    metrics: BufWriter<File>,
-    metrics_path: PathBuf,
+    sink: MetricSink,
     params: BTreeMap<String, serde_json::Value>,
+    tags: BTreeMap<String, String>,
+    inputs: Vec<DatasetInput>,
+    artifacts: Manifest,
     last: BTreeMap<String, f64>,
     done: bool,
 }
 
+fn owner(attempt: u32) -> serde_json::Value {
+    serde_json::json!({
+        "pid": std::process::id(),
+        "host": hostname(),
+        "slurm_job_id": std::env::var("SLURM_JOB_ID").ok(),
+        "attempt": attempt,
+    })
+}
+
 impl Run {
-    pub(crate) fn create(dir: PathBuf, meta: RunMeta) -> Result<Self> {
-        write_json(&dir.join("meta.json"), &meta)?;
-        write_json(&dir.join("env.json"), &Environment::capture())?;
+    /// Creates the files of a new run in the empty directory `dir`. `meta.json` comes last:
+    /// a directory without it is a run being created, and readers skip it.
+    pub(crate) fn create(
+        store: Store,
+        dir: PathBuf,
+        meta: RunMeta,
+        tags: BTreeMap<String, String>,
+        capture_environment: bool,
+    ) -> Result<Self> {
+        let state = RunState { status: RunStatus::Running, attempt: 1, end_ms: None, error: None };
+        let mut artifacts = Manifest::new();
+        if capture_environment {
+            let (env, diff) = Environment::capture();
+            write_json(&dir.join("env.json"), &env)?;
+            if !diff.is_empty() {
+                let artifact = store.objects().put_bytes("git.diff", diff.as_bytes())?;
+                artifacts.insert(artifact.name.clone(), artifact);
+            }
+        }
         write_json(&dir.join("params.json"), &BTreeMap::<String, serde_json::Value>::new())?;
-        let metrics_path = dir.join("metrics.jsonl");
-        let metrics = BufWriter::new(fsutil::open_append(&metrics_path)?);
-        fsutil::sync_dir(&dir)?;
-        Ok(Self { meta, dir, metrics, metrics_path, params: BTreeMap::new(), last: BTreeMap::new(), done: false })
+        write_json(&dir.join("tags.json"), &tags)?;
+        write_json(&dir.join("inputs.json"), &Vec::<DatasetInput>::new())?;
+        write_json(&dir.join("artifacts.json"), &artifacts)?;
+        let sink = MetricSink::start(dir.join("metrics"), 0, dir.join("heartbeat.json"), owner(1))?;
+        write_json(&dir.join("status.json"), &state)?;
+        write_json(&dir.join("meta.json"), &meta)?;
+        Ok(Self {
+            store,
+            meta,
+            state,
+            dir,
+            sink,
+            params: BTreeMap::new(),
+            tags,
+            inputs: Vec::new(),
+            artifacts,
+            last: BTreeMap::new(),
+            done: false,
+        })
+    }
+
+    /// Reopens an existing run for another attempt, in a new metric segment.
+    pub(crate) fn resume(store: Store, record: RunRecord, capture_environment: bool) -> Result<Self> {
+        let dir = record.dir.clone();
+        let attempt = record.state.attempt + 1;
+        let mut artifacts = record.artifacts;
+        if capture_environment {
+            let (env, diff) = Environment::capture();
+            write_json(&dir.join("env.json"), &env)?;
+            if !diff.is_empty() {
+                let artifact = store.objects().put_bytes("git.diff", diff.as_bytes())?;
+                artifacts.insert(artifact.name.clone(), artifact);
+                write_json(&dir.join("artifacts.json"), &artifacts)?;
+            }
+        }
+        let metrics = dir.join("metrics");
+        let next = segment_numbers(&metrics)?.last().map_or(0, |n| n + 1);
+        let sink = MetricSink::start(metrics, next, dir.join("heartbeat.json"), owner(attempt))?;
+        let state = RunState { status: RunStatus::Running, attempt, end_ms: None, error: None };
+        write_json(&dir.join("status.json"), &state)?;
+        Ok(Self {
+            store,
+            meta: record.meta,
+            state,
+            dir,
+            sink,
+            params: record.params,
+            tags: record.tags,
+            inputs: record.inputs,
+            artifacts,
+            last: record.final_metrics,
+            done: false,
+        })
     }
 
     /// The run id.
@@ -137,79 +304,139 @@ impl Run {
         &self.meta.experiment
     }
 
+    /// Identity and start of the run.
+    pub fn meta(&self) -> &RunMeta {
+        &self.meta
+    }
+
+    /// 1 for a new run, one more for each resume.
+    pub fn attempt(&self) -> u32 {
+        self.state.attempt
+    }
+
     /// The run's directory in the store.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// A directory for this run's artifacts (created on first use).
-    pub fn artifact_dir(&self) -> Result<PathBuf> {
-        let dir = self.dir.join("artifacts");
-        std::fs::create_dir_all(&dir).at(&dir)?;
-        Ok(dir)
+    /// The parameters logged so far (including those of earlier attempts).
+    pub fn params(&self) -> &BTreeMap<String, serde_json::Value> {
+        &self.params
     }
 
-    /// Logs one parameter. Objects are flattened to dotted keys (`optimizer.lr`).
+    /// Logs one parameter. Objects are flattened to dotted keys (`optimizer.lr`). Logging a
+    /// key again with a different value is an error ([`Error::ParamConflict`]); use
+    /// [`Run::overwrite_param`] to change it on purpose.
     pub fn log_param(&mut self, key: &str, value: impl Serialize) -> Result<()> {
-        let value = serde_json::to_value(value).map_err(|e| Error::InvalidValue(e.to_string()))?;
-        flatten(key, value, &mut self.params);
-        write_json(&self.dir.join("params.json"), &self.params)
+        self.merge_params(key, to_value(value)?, false)
     }
 
-    /// Logs every field of a serializable struct as a parameter, flattened to dotted keys.
+    /// Logs every field of a serializable value as a parameter, flattened to dotted keys.
+    /// Nothing is logged if any key conflicts with an earlier, different value.
     pub fn log_params(&mut self, params: &impl Serialize) -> Result<()> {
-        let value = serde_json::to_value(params).map_err(|e| Error::InvalidValue(e.to_string()))?;
-        flatten("", value, &mut self.params);
+        self.merge_params("", to_value(params)?, false)
+    }
+
+    /// Sets a parameter, replacing any earlier value.
+    pub fn overwrite_param(&mut self, key: &str, value: impl Serialize) -> Result<()> {
+        self.merge_params(key, to_value(value)?, true)
+    }
+
+    fn merge_params(&mut self, prefix: &str, value: serde_json::Value, overwrite: bool) -> Result<()> {
+        let mut flat = BTreeMap::new();
+        flatten(prefix, value, &mut flat);
+        if let Some(key) = flat.keys().find(|k| k.is_empty()) {
+            return Err(Error::InvalidName { what: "parameter", name: key.clone(), reason: "it is empty" });
+        }
+        if !overwrite {
+            for (key, value) in &flat {
+                if let Some(old) = self.params.get(key)
+                    && old != value
+                {
+                    return Err(Error::ParamConflict {
+                        key: key.clone(),
+                        old: old.to_string(),
+                        new: value.to_string(),
+                    });
+                }
+            }
+        }
+        self.params.extend(flat);
         write_json(&self.dir.join("params.json"), &self.params)
     }
 
-    /// Sets a tag, a string label (rewrites `meta.json`).
+    /// Sets a tag, a string label that may change during the run.
     pub fn set_tag(&mut self, key: &str, value: &str) -> Result<()> {
-        self.meta.tags.insert(key.to_string(), value.to_string());
-        write_json(&self.dir.join("meta.json"), &self.meta)
+        if key.is_empty() {
+            return Err(Error::InvalidName { what: "tag", name: key.into(), reason: "it is empty" });
+        }
+        self.tags.insert(key.to_string(), value.to_string());
+        write_json(&self.dir.join("tags.json"), &self.tags)
     }
 
-    /// Logs a metric value at `step`. Buffered: call [`Run::flush`] to make it durable.
-    pub fn log_metric(&mut self, name: &str, step: u64, value: f64) -> Result<()> {
-        if name.is_empty() || name.contains(['\n', '\r']) {
-            return Err(Error::InvalidName {
-                what: "metric",
-                name: name.to_string(),
-                reason: "it is empty or has a line break",
-            });
+    /// Records a dataset the run read (it appears in the `datasets` table).
+    pub fn log_input(&mut self, input: DatasetInput) -> Result<()> {
+        if !self.inputs.contains(&input) {
+            self.inputs.push(input);
+            write_json(&self.dir.join("inputs.json"), &self.inputs)?;
         }
-        let point = MetricPoint { step, name: name.to_string(), value, ts: now_ms() };
-        serde_json::to_writer(&mut self.metrics, &point).map_err(|e| Error::InvalidValue(e.to_string()))?;
-        self.metrics.write_all(b"\n").at(&self.metrics_path)?;
-        self.last.insert(name.to_string(), value);
         Ok(())
+    }
+
+    /// Logs a metric value at `step`. Never waits for the disk (only, when the writer has
+    /// fallen behind by 32 batches, for it to catch up). NaN and infinities are kept, counted
+    /// and warned about once per metric. Logging a step again replaces its value in reads
+    /// (the latest wins), which is what a resumed run re-running some steps wants.
+    #[inline]
+    pub fn log_metric(&mut self, key: &str, step: u64, value: f64) -> Result<()> {
+        self.sink.log(key, step, value)
     }
 
     /// Logs several metrics at one step.
     pub fn log_metrics(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()> {
-        for (name, value) in values {
-            self.log_metric(name, step, *value)?;
+        for (key, value) in values {
+            self.sink.log(key, step, *value)?;
         }
         Ok(())
     }
 
-    /// Writes buffered metrics and syncs them to disk.
+    /// Waits until every metric logged before this call is written and synced to disk.
     pub fn flush(&mut self) -> Result<()> {
-        self.metrics.flush().at(&self.metrics_path)?;
-        self.metrics.get_ref().sync_data().at(&self.metrics_path)
+        self.sink.flush()
     }
 
-    /// Copies a file or directory into the run's artifacts under `name`.
-    pub fn log_artifact(&mut self, name: &str, path: &Path) -> Result<PathBuf> {
-        fsutil::check_name("artifact", name)?;
-        let to = self.artifact_dir()?.join(name);
-        fsutil::copy_tree(path, &to)?;
-        Ok(to)
+    /// Stores a file or directory as artifact `name` (a relative path such as
+    /// `plots/loss.png`), content-addressed and deduplicated across the store.
+    pub fn log_artifact(&mut self, name: &str, path: &Path) -> Result<Artifact> {
+        checked_relative(name)?;
+        let artifact = self.store.objects().put(name, path)?;
+        self.artifacts.insert(name.to_string(), artifact.clone());
+        write_json(&self.dir.join("artifacts.json"), &self.artifacts)?;
+        Ok(artifact)
     }
 
-    /// The last value logged for each metric so far.
-    pub fn last_metrics(&self) -> &BTreeMap<String, f64> {
-        &self.last
+    /// Stores `bytes` as the single-file artifact `name`.
+    pub fn log_artifact_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<Artifact> {
+        checked_relative(name)?;
+        let artifact = self.store.objects().put_bytes(name, bytes)?;
+        self.artifacts.insert(name.to_string(), artifact.clone());
+        write_json(&self.dir.join("artifacts.json"), &self.artifacts)?;
+        Ok(artifact)
+    }
+
+    /// A directory private to this run for files being produced (checkpoints, packages before
+    /// they are logged or registered). It is not an artifact: log what should be kept.
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = self.dir.join("scratch");
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        Ok(dir)
+    }
+
+    /// The last value logged for each metric, including earlier attempts.
+    pub fn last_metrics(&self) -> BTreeMap<String, f64> {
+        let mut out = self.last.clone();
+        out.extend(self.sink.last().map(|(k, v)| (k.to_string(), v)));
+        out
     }
 
     /// Ends the run successfully.
@@ -222,10 +449,22 @@ impl Run {
         self.end(RunStatus::Failed, Some(error.to_string()))
     }
 
+    /// Ends the run as killed (for SIGTERM and preemption handlers): it can be resumed with
+    /// [`Store::resume_run`].
+    pub fn kill(mut self, reason: &str) -> Result<()> {
+        self.end(RunStatus::Killed, Some(reason.to_string()))
+    }
+
     fn end(&mut self, status: RunStatus, error: Option<String>) -> Result<()> {
         self.done = true;
-        self.flush()?;
-        write_json(&self.dir.join("summary.json"), &RunSummary { status, end_ms: now_ms(), error })
+        let flushed = self.sink.close();
+        let error = match (&flushed, error) {
+            (Err(e), None) => Some(format!("metrics could not be written: {e}")),
+            (_, error) => error,
+        };
+        self.state = RunState { status, attempt: self.state.attempt, end_ms: Some(now_ms()), error };
+        write_json(&self.dir.join("status.json"), &self.state)?;
+        flushed
     }
 }
 
@@ -241,9 +480,13 @@ impl Drop for Run {
     }
 }
 
+fn to_value(value: impl Serialize) -> Result<serde_json::Value> {
+    serde_json::to_value(value).map_err(|e| Error::InvalidValue(e.to_string()))
+}
+
 fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
     match value {
-        serde_json::Value::Object(map) => {
+        serde_json::Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
                 let key = if prefix.is_empty() { k } else { format!("{prefix}.{k}") };
                 flatten(&key, v, out);
@@ -255,66 +498,81 @@ fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, se
     }
 }
 
-/// Reads a run's metric log. A last line without its newline is the trace of a crash during a
-/// write that was never acknowledged by `flush`, and is skipped; any other bad line is an error.
-pub(crate) fn read_metrics(path: &Path) -> Result<Vec<MetricPoint>> {
-    let bytes = match std::fs::read(path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(Error::Io { path: path.to_path_buf(), source }),
+/// Reads a run's files (everything but its metric points).
+pub(crate) fn read_record(dir: &Path) -> Result<RunRecord> {
+    let meta: RunMeta = read_json(&dir.join("meta.json"))?;
+    let state: RunState = read_json(&dir.join("status.json"))?;
+    let heartbeat = match read_json::<Heartbeat>(&dir.join("heartbeat.json")) {
+        Ok(h) => Some(h),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
     };
-    let complete = bytes.ends_with(b"\n");
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.split_terminator('\n').collect();
-    let mut points = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<MetricPoint>(line) {
-            Ok(p) => points.push(p),
-            Err(_) if !complete && i + 1 == lines.len() => {
-                tracing::warn!(file = %path.display(), line = i + 1, "skipping a torn last line");
-            }
-            Err(e) => {
-                return Err(Error::Corrupt { path: path.to_path_buf(), line: Some(i + 1), message: e.to_string() });
-            }
-        }
-    }
-    Ok(points)
+    let environment = match read_json::<Environment>(&dir.join("env.json")) {
+        Ok(e) => Some(e),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    Ok(RunRecord {
+        meta,
+        state,
+        tags: read_json_or_default(&dir.join("tags.json"))?,
+        params: read_json_or_default(&dir.join("params.json"))?,
+        inputs: read_json_or_default(&dir.join("inputs.json"))?,
+        artifacts: read_json_or_default(&dir.join("artifacts.json"))?,
+        environment,
+        heartbeat,
+        final_metrics: BTreeMap::new(),
+        dir: dir.to_path_buf(),
+    })
 }
 
-mod float_or_string {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// Reads every metric point of the run in `dir`, across its segments, in logging order. A
+/// `(key, step)` logged again takes the later value, in the place of the first.
+pub(crate) fn read_points(dir: &Path) -> Result<Vec<MetricPoint>> {
+    Ok(read_raw_points(dir)?
+        .into_iter()
+        .map(|p| MetricPoint { key: p.key.to_string(), step: p.step, value: p.value, ts: p.ts })
+        .collect())
+}
 
-    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
-        if v.is_finite() {
-            s.serialize_f64(*v)
-        } else if v.is_nan() {
-            s.serialize_str("NaN")
-        } else if *v > 0.0 {
-            s.serialize_str("inf")
-        } else {
-            s.serialize_str("-inf")
+/// [`read_points`] with shared key names (one allocation per key, not per point).
+pub(crate) fn read_raw_points(dir: &Path) -> Result<Vec<DecodedPoint>> {
+    let metrics = dir.join("metrics");
+    let mut out: Vec<DecodedPoint> = Vec::new();
+    let mut index: HashMap<(Arc<str>, u64), usize> = HashMap::new();
+    for n in segment_numbers(&metrics)? {
+        let read = read_segment(&metrics.join(crate::segment::segment_name(n)))?;
+        out.reserve(read.points.len());
+        for p in read.points {
+            match index.entry((p.key.clone(), p.step)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    let slot = &mut out[*e.get()];
+                    slot.value = p.value;
+                    slot.ts = p.ts;
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(out.len());
+                    out.push(p);
+                }
+            }
         }
     }
+    Ok(out)
+}
 
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Number(f64),
-        Text(String),
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Repr::deserialize(d)? {
-            Repr::Number(v) => Ok(v),
-            Repr::Text(t) => match t.as_str() {
-                "NaN" => Ok(f64::NAN),
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                other => Err(serde::de::Error::custom(format!("expected a number, found {other:?}"))),
-            },
+/// The last value of each metric: the value at the highest step (latest logged on ties).
+pub(crate) fn final_values(points: &[DecodedPoint]) -> BTreeMap<String, f64> {
+    let mut best: BTreeMap<&str, (u64, f64)> = BTreeMap::new();
+    for p in points {
+        let e = best.entry(&*p.key).or_insert((p.step, p.value));
+        if p.step >= e.0 {
+            *e = (p.step, p.value);
         }
     }
+    best.into_iter().map(|(k, (_, v))| (k.to_string(), v)).collect()
+}
+
+/// Checks a run id given by a caller before it becomes a path.
+pub(crate) fn check_run_id(id: &str) -> Result<()> {
+    fsutil::check_name("run id", id)
 }

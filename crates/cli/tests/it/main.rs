@@ -37,7 +37,7 @@ fn runs_sql_and_models_read_the_store() {
     let text = stdout(&out);
     assert!(text.contains(&id) && text.contains("completed") && text.contains("test_accuracy=0.8750"), "{text}");
 
-    let out = kiln(&store_dir, &["sql", "SELECT run_id, value FROM run_metrics WHERE metric = 'test_accuracy'"]);
+    let out = kiln(&store_dir, &["sql", "SELECT run_id, value FROM latest_metrics WHERE key = 'test_accuracy'"]);
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(text.contains(&id) && text.contains("0.875"), "{text}");

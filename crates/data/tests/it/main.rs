@@ -9,7 +9,10 @@ use std::path::PathBuf;
 
 /// A file of the shipped `data/` folder.
 pub fn data_file(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data").join(name)
+    // At run time: a test binary built in another checkout of the same target directory
+    // would otherwise carry that checkout's path.
+    let crate_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+    PathBuf::from(crate_dir).join("../../data").join(name)
 }
 
 /// The 64 pixel columns of digits.csv.

@@ -4,4 +4,5 @@
 
 mod registry;
 mod runs;
+mod sync;
 mod tables;

@@ -27,7 +27,9 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/breast_cancer.csv");
+        let path =
+            PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+                .join("../../data/breast_cancer.csv");
         let data = Dataset::load_csv(path).unwrap();
         let features: Vec<String> = data.column_names().into_iter().filter(|c| c != "target").collect();
         let labels = data.to_strings("target").unwrap();
