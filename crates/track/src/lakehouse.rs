@@ -543,10 +543,13 @@ impl Store {
             self.write_batch(pending, &mut report)?;
         }
         // A run reopened before this compaction started and folded again now is current.
-        for (id, when) in &lake.reopened {
-            let in_new = self.lake_state()?.winner.get(id).is_some_and(|b| report.batches.contains(b));
-            if in_new && *when < started_at {
-                let _ = std::fs::remove_file(self.lake_dir().join("reopened").join(id));
+        if !lake.reopened.is_empty() && !report.batches.is_empty() {
+            let after = self.lake_state()?;
+            for (id, when) in &lake.reopened {
+                let in_new = after.winner.get(id).is_some_and(|b| report.batches.contains(b));
+                if in_new && *when < started_at {
+                    let _ = std::fs::remove_file(self.lake_dir().join("reopened").join(id));
+                }
             }
         }
         report.seconds = started.elapsed().as_secs_f64();
