@@ -42,6 +42,14 @@ fn runs_sql_and_models_read_the_store() {
     let text = stdout(&out);
     assert!(text.contains(&id) && text.contains("0.875"), "{text}");
 
+    let out = kiln(&store_dir, &["compact"]);
+    assert!(out.status.success());
+    assert!(stdout(&out).starts_with("compacted 1 run(s), 1 metric point(s) into 1 batch(es)"), "{}", stdout(&out));
+    assert_eq!(store.table_files("runs").unwrap().len(), 1);
+    let out = kiln(&store_dir, &["sql", "SELECT run_id, value FROM latest_metrics WHERE key = 'test_accuracy'"]);
+    let text = stdout(&out);
+    assert!(text.contains(&id) && text.contains("0.875"), "the same answer from the compacted table: {text}");
+
     let text = stdout(&kiln(&store_dir, &["models"]));
     assert!(text.contains("m  1 version(s)  production=v1"), "{text}");
     let text = stdout(&kiln(&store_dir, &["models", "m"]));
