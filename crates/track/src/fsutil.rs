@@ -64,6 +64,15 @@ pub(crate) fn read_json_or_default<T: serde::de::DeserializeOwned + Default>(pat
     }
 }
 
+/// The entries of `dir`, or none if it does not exist.
+pub(crate) fn entries_or_empty(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries.collect::<std::io::Result<_>>().at(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(crate::Error::Io { path: dir.to_path_buf(), source }),
+    }
+}
+
 /// Syncs a directory so that a rename or a new entry in it survives a crash.
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     // Opening a directory read-only and fsyncing it is how POSIX makes entries durable.

@@ -661,14 +661,10 @@ fn batch_ms(batch: &str) -> Option<i64> {
 }
 
 fn list_batches(dir: &Path) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(Error::Io { path: dir.to_path_buf(), source }),
-    };
+    let entries = fsutil::entries_or_empty(dir)?;
     let mut out = Vec::new();
     for entry in entries {
-        let name = entry.at(dir)?.file_name();
+        let name = entry.file_name();
         if let Some(b) = name.to_str().and_then(|n| n.strip_suffix(".parquet"))
             && b.starts_with('b')
         {

@@ -364,14 +364,10 @@ impl Registry {
     pub fn history(&self, model: &str) -> Result<Vec<RegistryEvent>> {
         fsutil::check_name("model name", model)?;
         let dir = self.root.join(model).join("events");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(Error::Io { path: dir, source }),
-        };
+        let entries = fsutil::entries_or_empty(&dir)?;
         let mut files = Vec::new();
         for entry in entries {
-            let path = entry.at(&dir)?.path();
+            let path = entry.path();
             if path.extension().is_some_and(|e| e == "json")
                 && !path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'))
             {
@@ -387,13 +383,9 @@ impl Registry {
         fsutil::check_name("model name", model)?;
         let dir = self.root.join(model).join("aliases");
         let mut out = BTreeMap::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => return Err(Error::Io { path: dir, source }),
-        };
+        let entries = fsutil::entries_or_empty(&dir)?;
         for entry in entries {
-            let path = entry.at(&dir)?.path();
+            let path = entry.path();
             let Some(name) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".json")) else {
                 continue;
             };
@@ -444,13 +436,8 @@ impl Registry {
     /// The names of all registered models, sorted.
     pub fn models(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => return Err(Error::Io { path: self.root.clone(), source }),
-        };
+        let entries = fsutil::entries_or_empty(&self.root)?;
         for entry in entries {
-            let entry = entry.at(&self.root)?;
             if let Some(name) = entry.file_name().to_str()
                 && !name.starts_with('.')
                 && entry.path().join("versions").is_dir()
@@ -465,14 +452,9 @@ impl Registry {
     fn version_numbers(&self, model: &str) -> Result<Vec<u32>> {
         fsutil::check_name("model name", model)?;
         let dir = self.root.join(model).join("versions");
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(Error::Io { path: dir, source }),
-        };
+        let entries = fsutil::entries_or_empty(&dir)?;
         let mut out = Vec::new();
         for entry in entries {
-            let entry = entry.at(&dir)?;
             if let Some(n) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
                 && entry.path().join("meta.json").exists()
             {

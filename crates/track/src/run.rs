@@ -231,12 +231,7 @@ impl Run {
         let state = RunState { status: RunStatus::Running, attempt: 1, end_ms: None, error: None };
         let mut artifacts = Manifest::new();
         if capture_environment {
-            let (env, diff) = Environment::capture();
-            write_json(&dir.join("env.json"), &env)?;
-            if !diff.is_empty() {
-                let artifact = store.objects().put_bytes("git.diff", diff.as_bytes())?;
-                artifacts.insert(artifact.name.clone(), artifact);
-            }
+            capture(&store, &dir, &mut artifacts)?;
         }
         write_json(&dir.join("params.json"), &BTreeMap::<String, serde_json::Value>::new())?;
         write_json(&dir.join("tags.json"), &tags)?;
@@ -265,14 +260,8 @@ impl Run {
         let dir = record.dir.clone();
         let attempt = record.state.attempt + 1;
         let mut artifacts = record.artifacts;
-        if capture_environment {
-            let (env, diff) = Environment::capture();
-            write_json(&dir.join("env.json"), &env)?;
-            if !diff.is_empty() {
-                let artifact = store.objects().put_bytes("git.diff", diff.as_bytes())?;
-                artifacts.insert(artifact.name.clone(), artifact);
-                write_json(&dir.join("artifacts.json"), &artifacts)?;
-            }
+        if capture_environment && capture(&store, &dir, &mut artifacts)? {
+            write_json(&dir.join("artifacts.json"), &artifacts)?;
         }
         let metrics = dir.join("metrics");
         let next = segment_numbers(&metrics)?.last().map_or(0, |n| n + 1);
@@ -478,6 +467,19 @@ impl Drop for Run {
             }
         }
     }
+}
+
+/// Writes the environment to `env.json` and a dirty tree's diff as the `git.diff` artifact,
+/// returning whether `artifacts` gained it.
+fn capture(store: &Store, dir: &Path, artifacts: &mut Manifest) -> Result<bool> {
+    let (env, diff) = Environment::capture();
+    write_json(&dir.join("env.json"), &env)?;
+    if diff.is_empty() {
+        return Ok(false);
+    }
+    let artifact = store.objects().put_bytes("git.diff", diff.as_bytes())?;
+    artifacts.insert(artifact.name.clone(), artifact);
+    Ok(true)
 }
 
 fn to_value(value: impl Serialize) -> Result<serde_json::Value> {

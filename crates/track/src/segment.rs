@@ -221,14 +221,10 @@ pub(crate) fn segment_name(n: u32) -> String {
 
 /// The sequence numbers of the segments in `dir`, sorted.
 pub(crate) fn segment_numbers(dir: &Path) -> Result<Vec<u32>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(Error::Io { path: dir.to_path_buf(), source }),
-    };
+    let entries = crate::fsutil::entries_or_empty(dir)?;
     let mut out = Vec::new();
     for entry in entries {
-        let name = entry.at(dir)?.file_name();
+        let name = entry.file_name();
         if let Some(n) = name.to_str().and_then(|n| n.strip_suffix(".seg")).and_then(|n| n.parse().ok()) {
             out.push(n);
         }
