@@ -58,6 +58,30 @@ pub enum Error {
         /// Who writes it.
         owner: String,
     },
+    /// A run that has ended (completed or failed) and takes no more data.
+    #[error("run {run_id} has ended ({status}); it takes no more data")]
+    RunEnded {
+        /// The run.
+        run_id: String,
+        /// How it ended.
+        status: crate::RunStatus,
+    },
+    /// The tracking server cannot start or stopped with an error.
+    #[error("tracking server: {0}")]
+    Server(String),
+    /// A request to the tracking server failed: it could not be reached, or it refused.
+    #[error("{url}: {message}")]
+    Http {
+        /// The URL asked.
+        url: String,
+        /// The HTTP status, when the server answered.
+        status: Option<u16>,
+        /// The server's `code` (`not_found`, `invalid`, `param_conflict`, `run_ended`,
+        /// `run_busy`, `unauthorized`, `internal`), when it answered with one.
+        code: Option<String>,
+        /// What went wrong.
+        message: String,
+    },
     /// A store written in a format this version cannot read.
     #[error("{}: store format {found}, this kiln reads format {supported}", path.display())]
     Format {

@@ -48,7 +48,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod api;
 mod artifacts;
+#[cfg(feature = "client")]
+pub mod client;
 mod env;
 mod error;
 mod fsutil;
@@ -56,6 +59,8 @@ mod lakehouse;
 mod registry;
 mod run;
 mod segment;
+#[cfg(feature = "server")]
+pub mod server;
 mod sql;
 mod store;
 mod sync;

@@ -209,6 +209,18 @@ pub struct Run {
     done: bool,
 }
 
+/// Where a new run's environment comes from.
+#[derive(Debug)]
+pub(crate) enum EnvSource {
+    /// Capture this process's environment.
+    Capture,
+    /// Recorded elsewhere, e.g. by a remote client on a compute node: the environment and
+    /// the git diff of a dirty tree.
+    Given(Box<Environment>, Option<String>),
+    /// None.
+    Skip,
+}
+
 fn owner(attempt: u32) -> serde_json::Value {
     serde_json::json!({
         "pid": std::process::id(),
@@ -226,12 +238,19 @@ impl Run {
         dir: PathBuf,
         meta: RunMeta,
         tags: BTreeMap<String, String>,
-        capture_environment: bool,
+        environment: EnvSource,
     ) -> Result<Self> {
         let state = RunState { status: RunStatus::Running, attempt: 1, end_ms: None, error: None };
         let mut artifacts = Manifest::new();
-        if capture_environment {
-            capture(&store, &dir, &mut artifacts)?;
+        match environment {
+            EnvSource::Capture => {
+                let (env, diff) = Environment::capture();
+                record_environment(&store, &dir, &mut artifacts, &env, &diff)?;
+            }
+            EnvSource::Given(env, diff) => {
+                record_environment(&store, &dir, &mut artifacts, &env, diff.as_deref().unwrap_or_default())?;
+            }
+            EnvSource::Skip => {}
         }
         write_json(&dir.join("params.json"), &BTreeMap::<String, serde_json::Value>::new())?;
         write_json(&dir.join("tags.json"), &tags)?;
@@ -260,8 +279,11 @@ impl Run {
         let dir = record.dir.clone();
         let attempt = record.state.attempt + 1;
         let mut artifacts = record.artifacts;
-        if capture_environment && capture(&store, &dir, &mut artifacts)? {
-            write_json(&dir.join("artifacts.json"), &artifacts)?;
+        if capture_environment {
+            let (env, diff) = Environment::capture();
+            if record_environment(&store, &dir, &mut artifacts, &env, &diff)? {
+                write_json(&dir.join("artifacts.json"), &artifacts)?;
+            }
         }
         let metrics = dir.join("metrics");
         let next = segment_numbers(&metrics)?.last().map_or(0, |n| n + 1);
@@ -331,6 +353,11 @@ impl Run {
         self.merge_params(key, to_value(value)?, true)
     }
 
+    /// Sets every field of a serializable value as a parameter, replacing earlier values.
+    pub fn overwrite_params(&mut self, params: &impl Serialize) -> Result<()> {
+        self.merge_params("", to_value(params)?, true)
+    }
+
     fn merge_params(&mut self, prefix: &str, value: serde_json::Value, overwrite: bool) -> Result<()> {
         let mut flat = BTreeMap::new();
         flatten(prefix, value, &mut flat);
@@ -379,6 +406,33 @@ impl Run {
     #[inline]
     pub fn log_metric(&mut self, key: &str, step: u64, value: f64) -> Result<()> {
         self.sink.log(key, step, value)
+    }
+
+    /// [`Run::log_metric`] with the time the value was measured, in milliseconds since the
+    /// Unix epoch, instead of now (for values relayed from elsewhere, as the tracking server
+    /// does for its clients).
+    pub fn log_metric_at(&mut self, key: &str, step: u64, value: f64, ts: i64) -> Result<()> {
+        self.sink.log_at(key, step, value, ts)
+    }
+
+    /// Applies a batch received from a remote client (or replayed from a spool): params,
+    /// tags, inputs, then metrics. Returns the number of metric values logged.
+    pub(crate) fn apply_batch(&mut self, batch: &crate::api::LogBatch) -> Result<u64> {
+        if !batch.params.is_empty() {
+            let params = serde_json::Value::Object(batch.params.clone().into_iter().collect());
+            self.merge_params("", params, batch.overwrite_params)?;
+        }
+        for (key, value) in &batch.tags {
+            self.set_tag(key, value)?;
+        }
+        for input in &batch.inputs {
+            self.log_input(input.clone())?;
+        }
+        let now = now_ms();
+        for p in &batch.metrics {
+            self.sink.log_at(&p.key, p.step, p.value.0, p.ts.unwrap_or(now))?;
+        }
+        Ok(batch.metrics.len() as u64)
     }
 
     /// Logs several metrics at one step.
@@ -471,9 +525,14 @@ impl Drop for Run {
 
 /// Writes the environment to `env.json` and a dirty tree's diff as the `git.diff` artifact,
 /// returning whether `artifacts` gained it.
-fn capture(store: &Store, dir: &Path, artifacts: &mut Manifest) -> Result<bool> {
-    let (env, diff) = Environment::capture();
-    write_json(&dir.join("env.json"), &env)?;
+fn record_environment(
+    store: &Store,
+    dir: &Path,
+    artifacts: &mut Manifest,
+    env: &Environment,
+    diff: &str,
+) -> Result<bool> {
+    write_json(&dir.join("env.json"), env)?;
     if diff.is_empty() {
         return Ok(false);
     }
@@ -482,11 +541,11 @@ fn capture(store: &Store, dir: &Path, artifacts: &mut Manifest) -> Result<bool> 
     Ok(true)
 }
 
-fn to_value(value: impl Serialize) -> Result<serde_json::Value> {
+pub(crate) fn to_value(value: impl Serialize) -> Result<serde_json::Value> {
     serde_json::to_value(value).map_err(|e| Error::InvalidValue(e.to_string()))
 }
 
-fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+pub(crate) fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
     match value {
         serde_json::Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {

@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::artifacts::Objects;
 use crate::error::IoContext;
 use crate::fsutil::{self, now_ms, read_json, write_json};
-use crate::run::{RunMeta, RunRecord, check_run_id, final_values, read_points, read_raw_points, read_record};
+use crate::run::{
+    EnvSource, RunMeta, RunRecord, check_run_id, final_values, read_points, read_raw_points, read_record,
+};
 use crate::{Error, MetricPoint, Registry, Result, Run, RunStatus};
 
 /// The environment variable that overrides the default store location.
@@ -122,6 +124,12 @@ impl Store {
     /// to it, in a new attempt. Refused while the run's writer is alive, unless that writer
     /// is the same Slurm job being requeued.
     pub fn resume_run(&self, run_id: &str) -> Result<Run> {
+        self.reopen_run(run_id, true)
+    }
+
+    /// [`Store::resume_run`], optionally keeping the environment recorded before (the
+    /// tracking server resumes runs whose environment is that of a remote client).
+    pub(crate) fn reopen_run(&self, run_id: &str, capture_environment: bool) -> Result<Run> {
         let record = self.run(run_id)?;
         if record.status() == RunStatus::Running {
             let same_job = record
@@ -135,7 +143,34 @@ impl Store {
             }
         }
         self.mark_reopened(run_id)?;
-        Run::resume(self.clone(), record, true)
+        Run::resume(self.clone(), record, capture_environment)
+    }
+
+    /// Creates a run whose id was chosen elsewhere (by a remote client, which uses the same
+    /// id on the server and in its local spool). `None` when a run with that id exists.
+    pub(crate) fn create_run_with_meta(
+        &self,
+        meta: RunMeta,
+        tags: BTreeMap<String, String>,
+        environment: EnvSource,
+    ) -> Result<Option<Run>> {
+        if !is_run_id(&meta.run_id) {
+            return Err(Error::InvalidName {
+                what: "run id",
+                name: meta.run_id,
+                reason: "a run id is 20 lowercase hex digits",
+            });
+        }
+        fsutil::check_name("experiment", &meta.experiment)?;
+        if let Some(parent) = &meta.parent_run_id {
+            check_run_id(parent)?;
+        }
+        let dir = self.run_dir(&meta.run_id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Run::create(self.clone(), dir, meta, tags, environment).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
+            Err(source) => Err(Error::Io { path: dir, source }),
+        }
     }
 
     fn new_run(&self, builder: RunBuilder<'_>) -> Result<Run> {
@@ -160,7 +195,8 @@ impl Store {
                         parent_run_id: builder.parent.clone(),
                         start_ms,
                     };
-                    return Run::create(self.clone(), dir, meta, builder.tags, builder.capture_environment);
+                    let env = if builder.capture_environment { EnvSource::Capture } else { EnvSource::Skip };
+                    return Run::create(self.clone(), dir, meta, builder.tags, env);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(source) => return Err(Error::Io { path: dir, source }),
@@ -289,7 +325,7 @@ impl RunBuilder<'_> {
 
 /// A run id: 12 hex digits of milliseconds (sortable by start time), then 8 hex digits from
 /// the host, process, a counter and the clock, so ids from concurrent processes differ.
-fn new_run_id(ms: i64) -> String {
+pub(crate) fn new_run_id(ms: i64) -> String {
     let mut h = blake3::Hasher::new();
     h.update(crate::env::hostname().as_bytes());
     h.update(&std::process::id().to_le_bytes());
@@ -299,4 +335,9 @@ fn new_run_id(ms: i64) -> String {
     h.update(&nanos.to_le_bytes());
     let tail = h.finalize();
     format!("{:012x}{}", ms, &tail.to_hex()[..8])
+}
+
+/// Whether `id` has the shape of a run id: 20 lowercase hex digits.
+pub(crate) fn is_run_id(id: &str) -> bool {
+    id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

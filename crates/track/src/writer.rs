@@ -97,20 +97,31 @@ impl MetricSink {
     /// Buffers one point; hands the buffer to the writer when it is full or old.
     #[inline]
     pub fn log(&mut self, key: &str, step: u64, value: f64) -> Result<()> {
+        let now = now_ms();
+        self.push(key, step, value, now, now)
+    }
+
+    /// [`MetricSink::log`] with the time the value was measured (a point relayed by the
+    /// tracking server keeps its client's timestamp).
+    pub fn log_at(&mut self, key: &str, step: u64, value: f64, ts: i64) -> Result<()> {
+        self.push(key, step, value, ts, now_ms())
+    }
+
+    #[inline]
+    fn push(&mut self, key: &str, step: u64, value: f64, ts: i64, now: i64) -> Result<()> {
         let id = match self.ids.get(key) {
             Some(&id) => id,
             None => self.intern(key)?,
         };
-        let ts = now_ms();
         if !value.is_finite() {
             self.note_non_finite(id, step, value);
         }
         self.last[id as usize] = value;
         if self.buf.is_empty() {
-            self.buf_since_ms = ts;
+            self.buf_since_ms = now;
         }
         self.buf.push(RawPoint { key: id, step, value, ts });
-        if self.buf.len() >= BATCH_POINTS || ts - self.buf_since_ms >= MAX_BUFFER_AGE_MS {
+        if self.buf.len() >= BATCH_POINTS || now - self.buf_since_ms >= MAX_BUFFER_AGE_MS {
             self.send()?;
         }
         Ok(())

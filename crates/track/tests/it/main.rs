@@ -4,5 +4,7 @@
 
 mod registry;
 mod runs;
+#[cfg(all(feature = "server", feature = "client"))]
+mod server;
 mod sync;
 mod tables;
