@@ -6,6 +6,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kiln_serve::{LoadedModel, ServerHandle};
 use kiln_track::Store;
+use kiln_track::client::Client;
+use kiln_track::server::ServerConfig;
 
 /// kiln: an ML research platform for HPC labs.
 #[derive(Debug, Parser)]
@@ -48,6 +50,33 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
     },
+    /// Serve the store's tracking API over HTTP (runs, metrics, artifacts, registry; remote
+    /// logging for jobs on compute nodes) until interrupted. Writes need the bearer token in
+    /// $KILN_TRACK_TOKEN when it is set; listening beyond 127.0.0.1 requires one.
+    TrackServer {
+        /// Address to listen on (port 0 picks a free port; the address is printed).
+        #[arg(long, default_value = kiln_track::server::DEFAULT_ADDR)]
+        addr: String,
+        /// Require the token for reads too.
+        #[arg(long)]
+        protect_reads: bool,
+        /// End a remote run as killed after this many seconds without word from its client.
+        #[arg(long, default_value_t = 300)]
+        idle_timeout: u64,
+        /// The largest request body (log batch or artifact upload), in MiB.
+        #[arg(long, default_value_t = 256)]
+        max_body_mib: usize,
+    },
+    /// Push runs spooled while the tracking server was unreachable (token from
+    /// $KILN_TRACK_TOKEN).
+    Push {
+        /// The tracking server.
+        #[arg(long, env = kiln_track::client::URL_ENV)]
+        url: String,
+        /// The spool directory.
+        #[arg(long, env = kiln_track::client::SPOOL_ENV, default_value = "kiln-spool")]
+        spool: PathBuf,
+    },
 }
 
 fn main() -> Result<()> {
@@ -57,11 +86,30 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    if let Command::Push { url, spool } = &cli.command {
+        return push(url, spool);
+    }
     let store = match &cli.store {
         Some(p) => Store::open(p)?,
         None => Store::from_env()?,
     };
     match cli.command {
+        // Pushed before the store is opened (a push needs no store); kept for completeness.
+        Command::Push { url, spool } => push(&url, &spool)?,
+        Command::TrackServer { addr, protect_reads, idle_timeout, max_body_mib } => {
+            let token = std::env::var(kiln_track::api::TOKEN_ENV).ok().filter(|t| !t.is_empty());
+            let config = ServerConfig {
+                addr,
+                token,
+                protect_reads,
+                idle_timeout: std::time::Duration::from_secs(idle_timeout),
+                max_body_bytes: max_body_mib << 20,
+            };
+            let root = store.root().display().to_string();
+            kiln_track::server::serve_until_signal(store, config, |addr| {
+                println!("tracking server for {root} on http://{addr} (Ctrl-C to stop)");
+            })?;
+        }
         Command::Runs { experiment } => {
             println!("{:<20}  {:<16}  {:<9}  {:>9}  metrics", "run", "experiment", "status", "seconds");
             for run in store.runs(experiment.as_deref())? {
@@ -144,6 +192,29 @@ fn main() -> Result<()> {
             let _ = rx.recv();
             server.shutdown()?;
         }
+    }
+    Ok(())
+}
+
+fn push(url: &str, spool: &std::path::Path) -> Result<()> {
+    let mut client = Client::new(url).with_spool(spool);
+    if let Some(token) = std::env::var(kiln_track::api::TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+        client = client.with_token(&token);
+    }
+    let report = client.sync_spool()?;
+    println!(
+        "pushed {} run(s), {} metric value(s), {} artifact file(s) to {url}; {} pushed before, {} still running",
+        report.runs_pushed,
+        report.points_pushed,
+        report.artifacts_pushed,
+        report.already_pushed,
+        report.still_running.len()
+    );
+    for (run, why) in &report.failed {
+        eprintln!("run {run} not pushed: {why}");
+    }
+    if !report.failed.is_empty() {
+        bail!("{} run(s) could not be pushed; they stay in {} for the next push", report.failed.len(), spool.display());
     }
     Ok(())
 }

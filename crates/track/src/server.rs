@@ -268,16 +268,17 @@ impl Drop for TrackingServer {
     }
 }
 
-/// Binds `config.addr` and serves until the process gets Ctrl-C or SIGTERM (for the CLI).
-pub fn serve_until_signal(store: Store, config: ServerConfig) -> Result<()> {
+/// Binds `config.addr`, tells `listening` the bound address, and serves until the process
+/// gets Ctrl-C or SIGTERM, then ends the runs still open as killed (for the CLI).
+pub fn serve_until_signal(store: Store, config: ServerConfig, listening: impl FnOnce(SocketAddr)) -> Result<()> {
     let listener = bind(&config)?;
+    listening(listener.local_addr().map_err(|e| Error::Server(e.to_string()))?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::Server(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| Error::Server(e.to_string()))?;
-        tracing::info!(addr = %listener.local_addr().map_err(|e| Error::Server(e.to_string()))?, store = %store.root().display(), "tracking server listening");
         serve(listener, store, config, signal()).await
     })
 }
