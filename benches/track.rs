@@ -1,5 +1,5 @@
-//! kiln-track benchmarks: metric logging throughput and call latency, SQL over a large
-//! compacted store, and compaction throughput.
+//! kiln-track benchmarks: metric logging throughput and call latency (local, and remote
+//! through the tracking server), SQL over a large compacted store, and compaction throughput.
 //!
 //! `cargo bench --bench track`. The query benchmark generates a store of
 //! `KILN_BENCH_RUNS` runs (default 10,000) × 10 metrics × 1,000 steps once, under
@@ -70,6 +70,56 @@ fn logging(c: &mut Criterion) {
         samples[samples.len() - 1]
     );
     run.finish().expect("finish");
+}
+
+/// Remote logging through the tracking server on 127.0.0.1: the cost of a `RemoteRun::log_metric`
+/// call, and end-to-end throughput (JSON over HTTP, then the server's segment writer and fsync).
+fn remote(c: &mut Criterion) {
+    use kiln::track::client::Client;
+    use kiln::track::server::{ServerConfig, TrackingServer};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("store")).expect("store");
+    let config = ServerConfig { addr: "127.0.0.1:0".into(), ..ServerConfig::default() };
+    let server = TrackingServer::start(store, config).expect("server");
+    let client = Client::new(&server.url()).with_spool(dir.path().join("spool"));
+    let mut run = client.run_builder("bench").capture_environment(false).start().expect("run");
+    const POINTS: u64 = 200_000;
+    let mut group = c.benchmark_group("track/remote");
+    group.throughput(Throughput::Elements(POINTS));
+    group.sample_size(10);
+    let mut step = 0u64;
+    group.bench_function("200k points, 10 keys, then flush (on the server's disk)", |b| {
+        b.iter(|| {
+            for i in 0..POINTS {
+                run.log_metric(METRICS[(i % 10) as usize], step, black_box(i as f64)).expect("log");
+                step += (i % 10 == 9) as u64;
+            }
+            run.flush().expect("flush");
+        })
+    });
+    group.finish();
+
+    let mut samples = Vec::with_capacity(POINTS as usize);
+    for i in 0..POINTS {
+        let t = Instant::now();
+        run.log_metric(METRICS[(i % 10) as usize], step, i as f64).expect("log");
+        samples.push(t.elapsed());
+        step += (i % 10 == 9) as u64;
+    }
+    run.flush().expect("flush");
+    assert!(!run.is_spooling(), "the benchmark must measure the server, not the spool");
+    samples.sort_unstable();
+    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
+    println!(
+        "track/remote log_metric call latency over {POINTS} calls: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
+        q(0.5),
+        q(0.99),
+        q(0.999),
+        samples[samples.len() - 1]
+    );
+    run.finish().expect("finish");
+    server.shutdown().expect("shutdown");
 }
 
 /// Writes `runs` runs × 10 metrics × `steps` steps with 4 model families, then compacts.
@@ -186,5 +236,5 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-criterion_group!(benches, logging, compaction, query);
+criterion_group!(benches, logging, remote, compaction, query);
 criterion_main!(benches);

@@ -1,6 +1,6 @@
 //! A blocking client of the tracking server, for jobs on compute nodes that log remotely.
 //!
-//! [`RemoteRun`] logs like a local [`Run`](crate::Run): `log_metric` only appends to a
+//! [`RemoteRun`] logs like a local [`Run`]: `log_metric` only appends to a
 //! buffer, and a background thread sends batches (every 10,000 points or every second) to
 //! `POST /api/runs/{id}/log`, retrying with exponential backoff. When the server stays
 //! unreachable, the run carries on in a local **spool** store (`KILN_SPOOL`, default

@@ -24,6 +24,12 @@
 //! * **Registry.** [`Registry`] keeps numbered, immutable versions of named models with
 //!   lineage, aliases such as `production`, and the history of every transition.
 //!
+//! * **Remote logging.** With the `server` feature, the `server` module serves a store over HTTP (runs,
+//!   metric histories downsampled for charts, artifacts, the registry; batched writes behind
+//!   a bearer token). With `client`, `client::RemoteRun` logs through it from a compute
+//!   node, spooling to a local store when the server cannot be reached. See
+//!   docs/tracking-server.md.
+//!
 //! kiln-track depends on no other kiln crate; kiln-train logs to it, kiln-serve loads models
 //! from its registry.
 //!

@@ -216,6 +216,7 @@ pub(crate) enum EnvSource {
     Capture,
     /// Recorded elsewhere, e.g. by a remote client on a compute node: the environment and
     /// the git diff of a dirty tree.
+    #[cfg_attr(not(any(feature = "server", feature = "client")), allow(dead_code))]
     Given(Box<Environment>, Option<String>),
     /// None.
     Skip,
@@ -417,6 +418,7 @@ impl Run {
 
     /// Applies a batch received from a remote client (or replayed from a spool): params,
     /// tags, inputs, then metrics. Returns the number of metric values logged.
+    #[cfg_attr(not(any(feature = "server", feature = "client")), allow(dead_code))]
     pub(crate) fn apply_batch(&mut self, batch: &crate::api::LogBatch) -> Result<u64> {
         if !batch.params.is_empty() {
             let params = serde_json::Value::Object(batch.params.clone().into_iter().collect());
@@ -585,6 +587,26 @@ pub(crate) fn read_record(dir: &Path) -> Result<RunRecord> {
         final_metrics: BTreeMap::new(),
         dir: dir.to_path_buf(),
     })
+}
+
+/// Reads only what listings filter on: identity and effective status (three small files,
+/// where [`read_record`] reads eight).
+#[cfg_attr(not(feature = "server"), allow(dead_code))]
+pub(crate) fn read_meta_and_status(dir: &Path) -> Result<(RunMeta, RunStatus)> {
+    let meta: RunMeta = read_json(&dir.join("meta.json"))?;
+    let state: RunState = read_json(&dir.join("status.json"))?;
+    let status = match state.status {
+        RunStatus::Running => {
+            let alive = match read_json::<Heartbeat>(&dir.join("heartbeat.json")) {
+                Ok(h) => h.is_alive(),
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            };
+            if alive { RunStatus::Running } else { RunStatus::Killed }
+        }
+        s => s,
+    };
+    Ok((meta, status))
 }
 
 /// Reads every metric point of the run in `dir`, across its segments, in logging order. A

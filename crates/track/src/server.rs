@@ -56,7 +56,7 @@ use crate::api::{
 };
 use crate::artifacts::checked_relative;
 use crate::fsutil::now_ms;
-use crate::run::{EnvSource, RunMeta, final_values, read_raw_points, read_record};
+use crate::run::{EnvSource, RunMeta, final_values, read_meta_and_status, read_raw_points, read_record};
 use crate::store::{is_run_id, new_run_id};
 use crate::{ArtifactKind, Error, MetricPoint, Result, Run, RunStatus, Store};
 
@@ -639,16 +639,16 @@ async fn experiments(State(state): State<Arc<AppState>>) -> ApiResult<Response> 
     let out = blocking(move || {
         let mut by_name: BTreeMap<String, ExperimentSummary> = BTreeMap::new();
         for id in state.store.run_ids()? {
-            let record = read_record(&state.store.run_dir(&id))?;
-            let e = by_name.entry(record.meta.experiment.clone()).or_insert_with(|| ExperimentSummary {
-                experiment: record.meta.experiment.clone(),
+            let (meta, status) = read_meta_and_status(&state.store.run_dir(&id))?;
+            let e = by_name.entry(meta.experiment.clone()).or_insert_with(|| ExperimentSummary {
+                experiment: meta.experiment.clone(),
                 runs: 0,
                 running: 0,
                 last_start_ms: i64::MIN,
             });
             e.runs += 1;
-            e.running += usize::from(record.status() == RunStatus::Running);
-            e.last_start_ms = e.last_start_ms.max(record.meta.start_ms);
+            e.running += usize::from(status == RunStatus::Running);
+            e.last_start_ms = e.last_start_ms.max(meta.start_ms);
         }
         Ok(by_name.into_values().collect::<Vec<_>>())
     })
@@ -679,21 +679,26 @@ async fn list_runs(
         return Err(ApiError::invalid(format!("limit must be between 1 and {MAX_PAGE}, got {limit}")));
     }
     let page = blocking(move || {
-        // Newest first: run ids sort by start time.
+        // Newest first: run ids sort by start time. Filters read only identity and status;
+        // whole records and final metric values are read for the runs on the page alone.
         let mut matching = Vec::new();
+        let filtered = q.experiment.is_some() || q.parent.is_some() || q.status.is_some();
         for id in state.store.run_ids()?.into_iter().rev() {
-            let record = read_record(&state.store.run_dir(&id))?;
-            let keep = q.experiment.as_ref().is_none_or(|e| *e == record.meta.experiment)
-                && q.parent.as_ref().is_none_or(|p| Some(p) == record.meta.parent_run_id.as_ref())
-                && q.status.is_none_or(|s| s == record.status());
-            if keep {
-                matching.push(record);
+            if filtered {
+                let (meta, status) = read_meta_and_status(&state.store.run_dir(&id))?;
+                let keep = q.experiment.as_ref().is_none_or(|e| *e == meta.experiment)
+                    && q.parent.as_ref().is_none_or(|p| Some(p) == meta.parent_run_id.as_ref())
+                    && q.status.is_none_or(|s| s == status);
+                if !keep {
+                    continue;
+                }
             }
+            matching.push(id);
         }
         let total = matching.len();
         let mut runs = Vec::new();
-        // Final metric values are read only for the runs on the page.
-        for mut record in matching.into_iter().skip(q.offset).take(limit) {
+        for id in matching.into_iter().skip(q.offset).take(limit) {
+            let mut record = read_record(&state.store.run_dir(&id))?;
             record.final_metrics = final_values(&read_raw_points(&record.dir)?);
             runs.push(RunSummary::from_record(&record));
         }

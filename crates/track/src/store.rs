@@ -148,6 +148,7 @@ impl Store {
 
     /// Creates a run whose id was chosen elsewhere (by a remote client, which uses the same
     /// id on the server and in its local spool). `None` when a run with that id exists.
+    #[cfg_attr(not(any(feature = "server", feature = "client")), allow(dead_code))]
     pub(crate) fn create_run_with_meta(
         &self,
         meta: RunMeta,
@@ -338,6 +339,7 @@ pub(crate) fn new_run_id(ms: i64) -> String {
 }
 
 /// Whether `id` has the shape of a run id: 20 lowercase hex digits.
+#[cfg_attr(not(any(feature = "server", feature = "client")), allow(dead_code))]
 pub(crate) fn is_run_id(id: &str) -> bool {
     id.len() == 20 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
