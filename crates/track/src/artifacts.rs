@@ -217,7 +217,8 @@ pub(crate) fn checked_relative(name: &str) -> Result<PathBuf> {
             _ => return Err(bad("it must be a relative path without '.', '..' or empty parts")),
         }
     }
-    if name.split('/').any(str::is_empty) {
+    // `Path::components` drops a `.` in the middle (`a/./b`), so check the parts as written.
+    if name.split('/').any(|part| part.is_empty() || part == "." || part == "..") {
         return Err(bad("it must be a relative path without '.', '..' or empty parts"));
     }
     Ok(path.to_path_buf())
@@ -232,7 +233,7 @@ mod tests {
 
     #[test]
     fn escaping_names_are_refused() {
-        for bad in ["", "../x", "a/../../b", "/etc/passwd", "a//b", "./a", "a\\b"] {
+        for bad in ["", "../x", "a/../../b", "/etc/passwd", "a//b", "./a", "a\\b", "a/./b", "a/.", "a/"] {
             assert!(checked_relative(bad).is_err(), "{bad:?} accepted");
         }
         for good in ["model", "plots/loss.png", "a.b/c-d_e"] {

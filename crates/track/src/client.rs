@@ -58,7 +58,7 @@ const REMOTE_BATCH_AGE: Duration = Duration::from_secs(1);
 /// An idle run tells the server it is alive this often.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 /// Points per request when pushing a spooled run.
-const PUSH_BATCH_POINTS: usize = 50_000;
+const PUSH_BATCH_POINTS: usize = 20_000;
 
 /// A client of a kiln tracking server.
 #[derive(Debug, Clone)]
@@ -271,7 +271,13 @@ impl Client {
                 report.already_pushed += 1;
                 continue;
             }
-            let record = store.run(&id)?;
+            let record = match store.run(&id) {
+                Ok(record) => record,
+                Err(e) => {
+                    report.failed.push((id, format!("cannot read the spooled run: {e}")));
+                    continue;
+                }
+            };
             if record.status() == RunStatus::Running {
                 report.still_running.push(id);
                 continue;
@@ -324,8 +330,19 @@ impl Client {
                 .collect();
             match self.post::<_, LogAck>(&log, &batch) {
                 Ok(_) => sent += chunk.len() as u64,
-                // The server has the whole run already: an earlier push ended it.
-                Err(Error::Http { code: Some(code), .. }) if code == "run_ended" => return Ok((0, 0)),
+                Err(e @ Error::Http { .. }) if http_code(&e) == Some("run_ended") => {
+                    // An earlier push got as far as ending the run: it is there in full,
+                    // provided it ended the same way. Otherwise the spool keeps it.
+                    let there = self.run(id)?;
+                    if there.summary.status == record.status() {
+                        return Ok((0, 0));
+                    }
+                    return Err(Error::InvalidValue(format!(
+                        "the server ended run {id} as {} but the spool has it {}; not pushed",
+                        there.summary.status,
+                        record.status()
+                    )));
+                }
                 Err(e) => return Err(e),
             }
             if chunks.peek().is_none() {
@@ -462,6 +479,14 @@ fn encode(s: &str) -> String {
 /// Percent-encodes a `/`-separated path, keeping the slashes.
 fn encode_path(s: &str) -> String {
     s.split('/').map(encode).collect::<Vec<_>>().join("/")
+}
+
+/// The server's error code, when it refused with one.
+fn http_code(e: &Error) -> Option<&str> {
+    match e {
+        Error::Http { code: Some(code), .. } => Some(code),
+        _ => None,
+    }
 }
 
 /// Whether a failed request means the server cannot be reached (or keeps failing), as
@@ -643,7 +668,8 @@ impl RemoteRun {
         }
         self.params.extend(flat.clone());
         self.pending.params.extend(flat);
-        Ok(())
+        // Rare and precious: sent now rather than left in the buffer with the metrics.
+        self.send()
     }
 
     /// Sets a tag.
@@ -652,23 +678,23 @@ impl RemoteRun {
             return Err(Error::InvalidName { what: "tag", name: key.into(), reason: "it is empty" });
         }
         self.pending.tags.insert(key.to_string(), value.to_string());
-        Ok(())
+        self.send()
     }
 
     /// Records a dataset the run read.
     pub fn log_input(&mut self, input: DatasetInput) -> Result<()> {
         self.pending.inputs.push(input);
-        Ok(())
+        self.send()
     }
 
     /// Logs a metric value at `step`. Never waits for the network (only for the sender
     /// thread, when 16 batches are already waiting).
     pub fn log_metric(&mut self, key: &str, step: u64, value: f64) -> Result<()> {
-        if key.is_empty() || key.len() > u16::MAX as usize || key.contains(['\n', '\r']) {
+        if !crate::run::valid_metric_key(key) {
             return Err(Error::InvalidName {
                 what: "metric",
                 name: key.to_string(),
-                reason: "it is empty, too long or has a line break",
+                reason: crate::run::BAD_METRIC_KEY,
             });
         }
         if self.pending.metrics.is_empty() {
@@ -836,10 +862,25 @@ impl Uplink {
                         return;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(run = %self.id(), "the tracking server refused a batch: {e}");
-                    self.error.get_or_insert(e);
-                    return;
+                Err(refusal) => {
+                    tracing::warn!(run = %self.id(), "the tracking server refused a batch: {refusal}");
+                    // The metric values are not what was refused when params conflict (the
+                    // server applies nothing of a refused batch): send them on their own.
+                    let rest = LogBatch { metrics: batch.metrics.clone(), ..LogBatch::default() };
+                    let retried = http_code(&refusal) == Some("param_conflict")
+                        && !rest.metrics.is_empty()
+                        && self.client.post::<_, LogAck>(&path, &rest).is_ok();
+                    self.error.get_or_insert(refusal);
+                    if retried || batch.metrics.is_empty() && batch.inputs.is_empty() && batch.tags.is_empty() {
+                        return;
+                    }
+                    // Whatever else the server will not take is kept in the spool, never
+                    // dropped; `kiln push` reports it again until it is resolved.
+                    let cause = Error::Server("the tracking server refused a batch".into());
+                    if let Err(spool_error) = self.switch_to_spool(&cause) {
+                        tracing::error!(run = %self.id(), "a refused batch is lost: {spool_error}");
+                        return;
+                    }
                 }
             }
         }

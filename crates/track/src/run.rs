@@ -99,6 +99,11 @@ pub struct Heartbeat {
     pub attempt: u32,
     /// When the writer was last seen alive, milliseconds since the Unix epoch.
     pub seen_ms: i64,
+    /// When the writing process started, in clock ticks after boot (Linux `/proc`), which
+    /// tells the writer from a later process given the same pid (a restarted container's
+    /// pid 1, say).
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
 }
 
 /// A heartbeat older than this (from another host) means the writer is gone.
@@ -109,10 +114,25 @@ impl Heartbeat {
     /// another host, whether the heartbeat is fresh.
     pub fn is_alive(&self) -> bool {
         if self.host == hostname() && Path::new("/proc/self").exists() {
-            return Path::new("/proc").join(self.pid.to_string()).exists();
+            if !Path::new("/proc").join(self.pid.to_string()).exists() {
+                return false;
+            }
+            // The pid exists; it is the writer unless it started at another time.
+            return match (self.start_ticks, process_start_ticks(self.pid)) {
+                (Some(recorded), Some(now)) => recorded == now,
+                _ => true,
+            };
         }
         now_ms() - self.seen_ms < HEARTBEAT_STALE_MS
     }
+}
+
+/// When process `pid` started, in clock ticks after boot: field 22 of `/proc/<pid>/stat`
+/// (counted after the command name, which may hold spaces and parentheses).
+pub(crate) fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// A dataset a run read (a row of the dataset catalog).
@@ -228,6 +248,7 @@ fn owner(attempt: u32) -> serde_json::Value {
         "host": hostname(),
         "slurm_job_id": std::env::var("SLURM_JOB_ID").ok(),
         "attempt": attempt,
+        "start_ticks": process_start_ticks(std::process::id()),
     })
 }
 
@@ -420,6 +441,13 @@ impl Run {
     /// tags, inputs, then metrics. Returns the number of metric values logged.
     #[cfg_attr(not(any(feature = "server", feature = "client")), allow(dead_code))]
     pub(crate) fn apply_batch(&mut self, batch: &crate::api::LogBatch) -> Result<u64> {
+        // Everything that can be refused is checked before anything is applied.
+        if batch.tags.keys().any(String::is_empty) {
+            return Err(Error::InvalidName { what: "tag", name: String::new(), reason: "it is empty" });
+        }
+        if let Some(p) = batch.metrics.iter().find(|p| !valid_metric_key(&p.key)) {
+            return Err(Error::InvalidName { what: "metric", name: p.key.clone(), reason: BAD_METRIC_KEY });
+        }
         if !batch.params.is_empty() {
             let params = serde_json::Value::Object(batch.params.clone().into_iter().collect());
             self.merge_params("", params, batch.overwrite_params)?;
@@ -587,6 +615,14 @@ pub(crate) fn read_record(dir: &Path) -> Result<RunRecord> {
         final_metrics: BTreeMap::new(),
         dir: dir.to_path_buf(),
     })
+}
+
+/// Why [`valid_metric_key`] refused a key.
+pub(crate) const BAD_METRIC_KEY: &str = "it is empty, too long or has a line break";
+
+/// Whether `key` can name a metric in a segment file.
+pub(crate) fn valid_metric_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= u16::MAX as usize && !key.contains(['\n', '\r'])
 }
 
 /// Reads only what listings filter on: identity and effective status (three small files,

@@ -99,12 +99,23 @@ struct Slot {
 
 type SlotRef = Arc<Mutex<Slot>>;
 
+/// Shared by the handlers. Requests lock `open` and release it before locking a slot; only
+/// the reaper holds both, and it merely `try_lock`s slots, so the two never wait on each other.
 struct AppState {
     store: Store,
     token: Option<String>,
     protect_reads: bool,
     idle_timeout: Duration,
+    max_body_bytes: usize,
     open: Mutex<HashMap<String, SlotRef>>,
+}
+
+impl Drop for AppState {
+    /// Runs still open when the last handle goes (an embedding app dropped the router) are
+    /// ended as killed, so their clients' next batch resumes them.
+    fn drop(&mut self) {
+        self.close_all("the tracking server stopped");
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +135,7 @@ fn state(store: Store, config: &ServerConfig) -> Arc<AppState> {
         token: config.token.clone().filter(|t| !t.is_empty()),
         protect_reads: config.protect_reads,
         idle_timeout: config.idle_timeout,
+        max_body_bytes: config.max_body_bytes,
         open: Mutex::new(HashMap::new()),
     })
 }
@@ -143,6 +155,7 @@ fn router_with_state(state: Arc<AppState>) -> Router {
         .route("/api/models", get(list_models))
         .route("/api/models/{name}", get(model_detail))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -184,7 +197,7 @@ pub async fn serve(
     let local = listener.local_addr().map_err(|e| Error::Server(e.to_string()))?;
     check_bind(&local, &config)?;
     let state = state(store, &config);
-    let app = router_with_state(state.clone()).layer(DefaultBodyLimit::max(config.max_body_bytes));
+    let app = router_with_state(state.clone());
     let reaper = tokio::spawn(reap_idle(state.clone()));
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     reaper.abort();
@@ -462,14 +475,12 @@ impl AppState {
             Some(env) => EnvSource::Given(Box::new(env), request.git_diff),
             None => EnvSource::Skip,
         };
-        let mut open = lock(&self.open);
+        // The run directory is claimed by an atomic mkdir: no lock is held while it is written.
         match self.store.create_run_with_meta(meta, request.tags, env)? {
             Some(run) => {
                 tracing::debug!(run = %run_id, experiment = %request.experiment, "remote run created");
-                open.insert(
-                    run_id.clone(),
-                    Arc::new(Mutex::new(Slot { run: Some(run), last_contact: Instant::now() })),
-                );
+                let slot = Arc::new(Mutex::new(Slot { run: Some(run), last_contact: Instant::now() }));
+                lock(&self.open).insert(run_id.clone(), slot);
                 Ok(CreatedRun { run_id, created: true })
             }
             None => {
@@ -480,77 +491,101 @@ impl AppState {
                         existing.meta.experiment, request.experiment
                     )));
                 }
-                if let Some(slot) = open.get(&run_id) {
-                    lock(slot).last_contact = Instant::now();
+                let slot = lock(&self.open).get(&run_id).cloned();
+                if let Some(slot) = slot {
+                    lock(&slot).last_contact = Instant::now();
                 }
                 Ok(CreatedRun { run_id, created: false })
             }
         }
     }
 
+    /// Runs `f` on open run `id`. A slot emptied between finding and locking it (the reaper
+    /// or a concurrent end took the run) is looked up again: the run is then resumed, or
+    /// reported as ended.
+    fn with_run<T>(&self, id: &str, mut f: impl FnMut(&mut Run) -> Result<T>) -> Result<T> {
+        for _ in 0..3 {
+            let slot = self.slot(id)?;
+            let mut slot = lock(&slot);
+            slot.last_contact = Instant::now();
+            if let Some(run) = slot.run.as_mut() {
+                return f(run);
+            }
+        }
+        Err(Error::Server(format!("run {id} keeps being ended while a request uses it")))
+    }
+
     fn log(&self, id: &str, batch: LogBatch) -> Result<LogAck> {
-        let slot = self.slot(id)?;
-        let mut slot = lock(&slot);
-        slot.last_contact = Instant::now();
-        let run = slot.run.as_mut().ok_or_else(|| Error::RunEnded { run_id: id.into(), status: RunStatus::Killed })?;
-        let points = run.apply_batch(&batch)?;
-        run.flush()?;
-        Ok(LogAck { points, attempt: run.attempt() })
+        self.with_run(id, |run| {
+            let points = run.apply_batch(&batch)?;
+            run.flush()?;
+            Ok(LogAck { points, attempt: run.attempt() })
+        })
     }
 
     fn end(&self, id: &str, end: EndRun) -> Result<RunSummary> {
         if end.status == RunStatus::Running {
             return Err(Error::InvalidValue("a run ends as completed, failed or killed, not running".into()));
         }
-        let slot = match self.slot(id) {
-            Ok(slot) => slot,
-            // Ending again the way it ended is a retry, not an error.
-            Err(Error::RunEnded { status, .. }) if status == end.status => {
-                return Ok(RunSummary::from_record(&self.store.run(id)?));
+        check_id(id)?;
+        for _ in 0..3 {
+            let held = lock(&self.open).get(id).cloned();
+            let slot = match held {
+                Some(slot) => slot,
+                None => {
+                    // Ending again the way it ended is a retry: not an error, nor a resume.
+                    let record = self.store.run(id)?;
+                    if record.status() == end.status {
+                        return Ok(RunSummary::from_record(&record));
+                    }
+                    self.slot(id)?
+                }
+            };
+            let Some(run) = lock(&slot).run.take() else { continue };
+            {
+                let mut open = lock(&self.open);
+                if open.get(id).is_some_and(|held| Arc::ptr_eq(held, &slot)) {
+                    open.remove(id);
+                }
             }
-            Err(e) => return Err(e),
-        };
-        let run = lock(&slot).run.take();
-        lock(&self.open).remove(id);
-        if let Some(run) = run {
             let reason = end.error.as_deref().unwrap_or("");
             match end.status {
                 RunStatus::Completed => run.finish()?,
                 RunStatus::Failed => run.fail(reason)?,
                 _ => run.kill(reason)?,
             }
+            return Ok(RunSummary::from_record(&self.store.run(id)?));
         }
-        Ok(RunSummary::from_record(&self.store.run(id)?))
+        Err(Error::Server(format!("run {id} keeps being ended while a request uses it")))
     }
 
     fn put_artifact(&self, id: &str, name: &str, bytes: &[u8]) -> Result<crate::Artifact> {
         checked_relative(name)?;
-        let slot = self.slot(id)?;
-        let mut slot = lock(&slot);
-        slot.last_contact = Instant::now();
-        let run = slot.run.as_mut().ok_or_else(|| Error::RunEnded { run_id: id.into(), status: RunStatus::Killed })?;
-        run.log_artifact_bytes(name, bytes)
+        self.with_run(id, |run| run.log_artifact_bytes(name, bytes))
     }
 
     /// Ends as killed the runs whose clients have been silent for the idle timeout.
+    ///
+    /// It holds `open` throughout, so no request finds a run between its removal and its
+    /// `killed` status reaching disk (it would read as busy); it only `try_lock`s slots, so
+    /// it never waits on a request (which may wait on `open`), and skips slots in use.
     fn reap(&self) {
-        let stale: Vec<(String, SlotRef)> = lock(&self.open)
-            .iter()
-            .filter(|(_, slot)| slot.try_lock().is_ok_and(|s| s.last_contact.elapsed() >= self.idle_timeout))
-            .map(|(id, slot)| (id.clone(), slot.clone()))
-            .collect();
-        for (id, slot) in stale {
-            let mut slot = lock(&slot);
-            if slot.last_contact.elapsed() < self.idle_timeout {
-                continue;
+        let mut open = lock(&self.open);
+        let mut stale = Vec::new();
+        for (id, slot) in open.iter() {
+            if let Ok(mut slot) = slot.try_lock()
+                && slot.last_contact.elapsed() >= self.idle_timeout
+                && let Some(run) = slot.run.take()
+            {
+                stale.push((id.clone(), run));
             }
-            lock(&self.open).remove(&id);
-            if let Some(run) = slot.run.take() {
-                let why = format!("no word from the client for {} s", self.idle_timeout.as_secs());
-                tracing::warn!(run = %id, "{why}; ending the run as killed");
-                if let Err(e) = run.kill(&why) {
-                    tracing::warn!(run = %id, "could not end the run: {e}");
-                }
+        }
+        for (id, run) in stale {
+            open.remove(&id);
+            let why = format!("no word from the client for {} s", self.idle_timeout.as_secs());
+            tracing::warn!(run = %id, "{why}; ending the run as killed");
+            if let Err(e) = run.kill(&why) {
+                tracing::warn!(run = %id, "could not end the run: {e}");
             }
         }
     }

@@ -168,7 +168,16 @@ impl Store {
         }
         let dir = self.run_dir(&meta.run_id);
         match std::fs::create_dir(&dir) {
-            Ok(()) => Run::create(self.clone(), dir, meta, tags, environment).map(Some),
+            Ok(()) => match Run::create(self.clone(), dir.clone(), meta, tags, environment) {
+                Ok(run) => Ok(Some(run)),
+                Err(e) => {
+                    // Leave no half-made run behind: the id must stay usable for a retry.
+                    if let Err(cleanup) = std::fs::remove_dir_all(&dir) {
+                        tracing::warn!(dir = %dir.display(), "could not remove a half-created run: {cleanup}");
+                    }
+                    Err(e)
+                }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
             Err(source) => Err(Error::Io { path: dir, source }),
         }

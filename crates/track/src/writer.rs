@@ -129,11 +129,11 @@ impl MetricSink {
 
     #[cold]
     fn intern(&mut self, key: &str) -> Result<u32> {
-        if key.is_empty() || key.len() > u16::MAX as usize || key.contains(['\n', '\r']) {
+        if !crate::run::valid_metric_key(key) {
             return Err(Error::InvalidName {
                 what: "metric",
                 name: key.to_string(),
-                reason: "it is empty, too long or has a line break",
+                reason: crate::run::BAD_METRIC_KEY,
             });
         }
         let id = self.names.len() as u32;

@@ -383,3 +383,18 @@ fn thirty_two_processes_log_into_one_store_and_every_point_is_kept() {
     let total = store.sql("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM metrics").unwrap();
     assert_eq!(total.column("n").unwrap().i64().unwrap().get(0), Some(PROCESSES as i64 * POINTS as i64));
 }
+
+#[test]
+fn a_reused_pid_does_not_keep_a_dead_run_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let run = store.run_builder("exp").capture_environment(false).start().unwrap();
+    let beat = store.run(run.id()).unwrap().heartbeat.unwrap();
+    assert!(beat.start_ticks.is_some(), "the writer's start time is recorded");
+    assert!(beat.is_alive());
+    // The same pid on the same host, but a process that started at another time: a restarted
+    // container's pid 1, or a recycled pid.
+    let other = kiln_track::Heartbeat { start_ticks: beat.start_ticks.map(|t| t + 1), ..beat.clone() };
+    assert!(!other.is_alive());
+    run.finish().unwrap();
+}

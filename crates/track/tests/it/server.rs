@@ -240,25 +240,41 @@ fn artifact_paths_cannot_escape_the_store() {
     assert_eq!(status, 200);
     assert!(body.contains("sub/config.json"), "a directory artifact lists its files: {body}");
 
+    // Names that would escape are refused as names (400), however they are encoded.
     let escapes = [
         format!("/api/runs/{id}/artifacts/../../store.json"),
         format!("/api/runs/{id}/artifacts/model/../../../../secret.txt"),
         format!("/api/runs/{id}/artifacts/%2e%2e/%2e%2e/%2e%2e/secret.txt"),
         format!("/api/runs/{id}/artifacts/model/..%2F..%2F..%2F..%2Fsecret.txt"),
-        format!("/api/runs/{id}/artifacts//etc/passwd"),
+        format!("/api/runs/{id}/artifacts/%2Fetc%2Fpasswd"),
         format!("/api/runs/{id}/artifacts/model%5C..%5C..%5Csecret.txt"),
         "/api/runs/..%2F..%2F..%2Fsecret.txt/artifacts/x".to_string(),
-        "/api/runs/../../secret.txt".to_string(),
     ];
     for path in &escapes {
         let (status, body) = raw(addr, "GET", path, &[], "");
-        assert!(matches!(status, 400 | 404), "{path}: {status} {body}");
-        assert!(!body.contains("do not serve me") && !body.contains("format_version"), "{path} leaked: {body}");
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("\"code\":\"invalid\""), "{path}: {body}");
     }
-    // Uploads cannot escape either, and nothing is written outside the store.
-    let (status, _) =
-        raw(addr, "PUT", &format!("/api/runs/{id}/artifacts/../../evil.txt"), &[("Authorization", &bearer())], "x");
-    assert!(matches!(status, 400 | 404 | 409), "{status}");
+    // Paths no route matches are 404; nothing leaks either way.
+    for path in ["/api/runs/../../secret.txt", "/../secret.txt"] {
+        let (status, body) = raw(addr, "GET", path, &[], "");
+        assert_eq!(status, 404, "{path}: {body}");
+        assert!(!body.contains("do not serve me"), "{path} leaked: {body}");
+    }
+    // Uploads cannot escape either, even into a run that takes uploads, and nothing is
+    // written outside the store.
+    let (status, body) = raw(addr, "POST", "/api/runs", &[("Authorization", &bearer())], r#"{"experiment": "exp"}"#);
+    assert_eq!(status, 201, "{body}");
+    let open: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let open = open["run_id"].as_str().unwrap();
+    for name in ["../../evil.txt", "..%2F..%2Fevil.txt", "%2Fevil.txt", "a/./b"] {
+        let path = format!("/api/runs/{open}/artifacts/{name}");
+        let (status, body) = raw(addr, "PUT", &path, &[("Authorization", &bearer())], "x");
+        assert_eq!(status, 400, "{name}: {body}");
+    }
+    let (status, body) =
+        raw(addr, "PUT", &format!("/api/runs/{open}/artifacts/fine.txt"), &[("Authorization", &bearer())], "x");
+    assert_eq!(status, 200, "a proper name is accepted: {body}");
     assert!(!dir.path().join("evil.txt").exists() && !dir.path().join("store/evil.txt").exists());
 }
 
@@ -357,14 +373,22 @@ fn silent_clients_have_their_runs_ended_and_replays_change_nothing() {
         raw(addr, "POST", "/api/runs", &[], r#"{"experiment": "other", "run_id": "0123456789abcdef0123"}"#);
     assert_eq!(status, 400, "the same id in another experiment is refused");
     let id = "0123456789abcdef0123";
-    let batch = r#"{"params": {"lr": 0.1}, "metrics": [{"key": "loss", "step": 1, "value": 0.5}, {"key": "loss", "step": 2, "value": "NaN"}]}"#;
+    let batch = r#"{"params": {"lr": 0.1}, "metrics": [{"key": "loss", "step": 1, "value": 0.5, "ts": 42}, {"key": "loss", "step": 2, "value": "NaN"}]}"#;
     for _ in 0..2 {
         let (status, body) = raw(addr, "POST", &format!("/api/runs/{id}/log"), &[], batch);
         assert_eq!(status, 200, "{body}");
     }
     let points = store.metrics(id).unwrap();
     assert_eq!(points.len(), 2, "a replayed batch is counted once");
+    assert_eq!(points[0].ts, 42, "the client's timestamp is kept");
     assert!(points[1].value.is_nan());
+    // A batch with anything invalid applies nothing of itself.
+    let bad = r#"{"params": {"momentum": 0.9}, "metrics": [{"key": "acc", "step": 1, "value": 0.5}, {"key": "", "step": 1, "value": 1}]}"#;
+    let (status, body) = raw(addr, "POST", &format!("/api/runs/{id}/log"), &[], bad);
+    assert_eq!(status, 400, "{body}");
+    let rec = store.run(id).unwrap();
+    assert!(!rec.params.contains_key("momentum"), "{:?}", rec.params);
+    assert_eq!(store.metrics(id).unwrap().len(), 2);
     let (status, body) = raw(addr, "POST", &format!("/api/runs/{id}/log"), &[], r#"{"params": {"lr": 0.2}}"#);
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("param_conflict"), "{body}");
@@ -455,4 +479,74 @@ fn the_registry_and_pages_of_runs_are_readable() {
         Err(Error::Http { status: Some(404), .. }) => {}
         other => panic!("expected 404, got {other:?}"),
     }
+}
+
+#[test]
+fn a_refused_batch_loses_no_metric_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let server = server(&store, None);
+    let client = Client::new(&server.url()).with_spool(dir.path().join("spool"));
+    let mut run = client.run_builder("exp").capture_environment(false).start().unwrap();
+    let id = run.id().to_string();
+    // Another writer sets lr on the server first; this client does not know.
+    let (status, body) = raw(server.addr(), "POST", &format!("/api/runs/{id}/log"), &[], r#"{"params": {"lr": 1}}"#);
+    assert_eq!(status, 200, "{body}");
+    run.log_param("lr", 2).unwrap();
+    for step in 0..100u64 {
+        run.log_metric("loss", step, step as f64).unwrap();
+    }
+    match run.flush() {
+        Err(Error::Http { status: Some(409), code: Some(code), .. }) => assert_eq!(code, "param_conflict"),
+        other => panic!("expected the conflict, got {other:?}"),
+    }
+    assert_eq!(store.metrics(&id).unwrap().len(), 100, "the values were sent without the refused param");
+    assert_eq!(store.run(&id).unwrap().params["lr"], serde_json::json!(1));
+    assert!(!run.is_spooling());
+    run.finish().unwrap();
+    assert_eq!(store.run(&id).unwrap().status(), RunStatus::Completed);
+}
+
+#[test]
+fn a_spooled_run_is_pushed_when_it_ends_if_the_server_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let spool = dir.path().join("spool");
+    let url = dead_url();
+    let client = Client::new(&url).with_spool(&spool).with_retries(1, Duration::from_millis(10));
+    let mut run = client.run_builder("exp").capture_environment(false).start().unwrap();
+    assert!(run.is_spooling());
+    run.log_param("lr", 0.1).unwrap();
+    for step in 0..300u64 {
+        run.log_metric("loss", step, 1.0).unwrap();
+    }
+    let id = run.id().to_string();
+    let config = ServerConfig { addr: url.trim_start_matches("http://").into(), ..ServerConfig::default() };
+    let server = TrackingServer::start(store.clone(), config).unwrap();
+    run.finish().unwrap();
+    assert!(spool.join("runs").join(&id).join("pushed.json").exists(), "pushed at the end, and marked");
+    let rec = store.run(&id).unwrap();
+    assert_eq!((rec.status(), rec.params["lr"].clone()), (RunStatus::Completed, serde_json::json!(0.1)));
+    assert_eq!(store.metrics(&id).unwrap().len(), 300);
+    assert_eq!(Client::new(&server.url()).with_spool(&spool).sync_spool().unwrap().already_pushed, 1);
+}
+
+#[test]
+fn large_artifacts_upload_within_the_configured_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let config = ServerConfig { addr: "127.0.0.1:0".into(), max_body_bytes: 8 << 20, ..ServerConfig::default() };
+    let server = TrackingServer::start(store.clone(), config).unwrap();
+    let client = Client::new(&server.url()).with_spool(dir.path().join("spool"));
+    let mut run = client.run_builder("exp").capture_environment(false).start().unwrap();
+    let big: Vec<u8> = (0..5_000_000u32).map(|i| (i % 251) as u8).collect();
+    run.log_artifact_bytes("checkpoint.bin", &big).unwrap();
+    let too_big = vec![0u8; 9 << 20];
+    match run.log_artifact_bytes("huge.bin", &too_big) {
+        Err(Error::Http { status: Some(413), .. }) => {}
+        other => panic!("expected 413, got {other:?}"),
+    }
+    let id = run.id().to_string();
+    run.finish().unwrap();
+    assert_eq!(client.artifact(&id, "checkpoint.bin").unwrap(), big);
 }
