@@ -8,6 +8,10 @@
 //! fitted transforms such as [`StandardScaler`] and [`LabelEncoder`] are plain serde structs,
 //! stored inside model packages so that serving applies exactly what training fitted.
 //!
+//! [`detect_drift`] compares current data with a reference column by column, with
+//! Evidently's tests and defaults (Kolmogorov–Smirnov, chi-square, Z, Wasserstein,
+//! Jensen–Shannon, PSI), for monitoring served models.
+//!
 //! kiln-data depends on no other kiln crate. kiln-train turns its matrices into tensors, and
 //! kiln-serve uses [`Schema::check_row`] to hold requests to the training schema.
 //!
@@ -30,13 +34,16 @@
 //! ```
 
 mod dataset;
+pub mod drift;
 mod error;
 mod preprocess;
 mod rng;
 mod split;
+mod stats;
 mod validate;
 
 pub use dataset::{CsvOptions, Dataset};
+pub use drift::{DatasetDrift, DriftOptions, DriftTest, detect_drift};
 pub use error::{Error, Result};
 pub use preprocess::{LabelEncoder, StandardScaler};
 pub use rng::SplitMix64;
