@@ -492,27 +492,44 @@ pub fn detect_drift(reference: &DataFrame, current: &DataFrame, options: &DriftO
     for name in names {
         let (r, r_missing) = column_sample(reference, &name)?;
         let (c, c_missing) = column_sample(current, &name)?;
-        if r.len() == 0 || c.len() == 0 {
-            let which = if r.len() == 0 { "reference" } else { "current" };
-            return Err(Error::InvalidArgument(format!(
-                "column `{name}`: the {which} sample has no values once nulls, NaN and infinities are left out"
-            )));
-        }
-        let test = options.tests.get(&name).copied().unwrap_or_else(|| DriftTest::default_for(&r, &c));
-        let threshold = options.thresholds.get(&name).copied().unwrap_or_else(|| test.default_threshold());
-        let statistic = test.statistic(&r, &c).map_err(|e| Error::InvalidArgument(format!("column `{name}`: {e}")))?;
-        columns.push(ColumnDrift {
-            drifted: test.drifted(statistic, threshold),
-            column: name,
-            test,
-            statistic,
-            threshold,
-            reference_values: r.len(),
-            current_values: c.len(),
-            missing: (r_missing, c_missing),
-        });
+        columns.push(compare(&name, &r, &c, (r_missing, c_missing), options)?);
     }
+    Ok(summarise(columns, options.drift_share))
+}
+
+/// Runs the column's test (the default, or the one `options` names) on two samples.
+pub(crate) fn compare(
+    name: &str,
+    reference: &Sample,
+    current: &Sample,
+    missing: (usize, usize),
+    options: &DriftOptions,
+) -> Result<ColumnDrift> {
+    if reference.len() == 0 || current.len() == 0 {
+        let which = if reference.len() == 0 { "reference" } else { "current" };
+        return Err(Error::InvalidArgument(format!(
+            "column `{name}`: the {which} sample has no values once nulls, NaN and infinities are left out"
+        )));
+    }
+    let test = options.tests.get(name).copied().unwrap_or_else(|| DriftTest::default_for(reference, current));
+    let threshold = options.thresholds.get(name).copied().unwrap_or_else(|| test.default_threshold());
+    let statistic =
+        test.statistic(reference, current).map_err(|e| Error::InvalidArgument(format!("column `{name}`: {e}")))?;
+    Ok(ColumnDrift {
+        drifted: test.drifted(statistic, threshold),
+        column: name.to_string(),
+        test,
+        statistic,
+        threshold,
+        reference_values: reference.len(),
+        current_values: current.len(),
+        missing,
+    })
+}
+
+/// The data-set verdict: drift when at least `drift_share` of the columns drifted.
+pub(crate) fn summarise(columns: Vec<ColumnDrift>, drift_share: f64) -> DatasetDrift {
     let drifted = columns.iter().filter(|c| c.drifted).count();
     let share_drifted = if columns.is_empty() { 0.0 } else { drifted as f64 / columns.len() as f64 };
-    Ok(DatasetDrift { drifted: !columns.is_empty() && share_drifted >= options.drift_share, share_drifted, columns })
+    DatasetDrift { drifted: !columns.is_empty() && share_drifted >= drift_share, share_drifted, columns }
 }
