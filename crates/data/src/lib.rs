@@ -49,7 +49,9 @@ pub use error::{Error, Result};
 pub use preprocess::{LabelEncoder, StandardScaler};
 pub use profile::{DatasetProfile, ProfileOptions};
 pub use rng::SplitMix64;
-pub use split::{Split, SplitFractions, random_split, stratified_split};
+pub use split::{
+    Fold, Split, SplitFractions, group_split, k_fold, random_split, stratified_k_fold, stratified_split, time_split,
+};
 pub use validate::{ColumnKind, ColumnSpec, MAX_REPORTED_VIOLATIONS, Schema, ValidationReport, Violation};
 
 /// Re-exported so users can build frames without naming a Polars version themselves.
