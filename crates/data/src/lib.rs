@@ -41,6 +41,7 @@ pub mod profile;
 mod rng;
 mod split;
 mod stats;
+mod synthetic;
 mod validate;
 
 pub use dataset::{CsvOptions, Dataset};
@@ -52,6 +53,7 @@ pub use rng::SplitMix64;
 pub use split::{
     Fold, Split, SplitFractions, group_split, k_fold, random_split, stratified_k_fold, stratified_split, time_split,
 };
+pub use synthetic::{InjectedDrift, SyntheticSpec, synthetic_classification};
 pub use validate::{ColumnKind, ColumnSpec, MAX_REPORTED_VIOLATIONS, Schema, ValidationReport, Violation};
 
 /// Re-exported so users can build frames without naming a Polars version themselves.

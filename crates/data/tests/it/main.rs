@@ -5,6 +5,7 @@
 mod drift;
 mod profile;
 mod split;
+mod synthetic;
 mod validate;
 
 use std::path::PathBuf;
