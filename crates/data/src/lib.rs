@@ -36,6 +36,7 @@
 mod dataset;
 pub mod drift;
 mod error;
+pub mod pipeline;
 mod preprocess;
 pub mod profile;
 mod rng;
@@ -47,6 +48,7 @@ mod validate;
 pub use dataset::{CsvOptions, Dataset};
 pub use drift::{DatasetDrift, DriftOptions, DriftTest, detect_drift};
 pub use error::{Error, Result};
+pub use pipeline::{FittedPipeline, Pipeline, TrainSplit};
 pub use preprocess::{LabelEncoder, StandardScaler};
 pub use profile::{DatasetProfile, ProfileOptions};
 pub use rng::SplitMix64;
