@@ -44,6 +44,7 @@ mod split;
 mod stats;
 mod synthetic;
 mod validate;
+pub mod version;
 
 pub use dataset::{CsvOptions, Dataset};
 pub use drift::{DatasetDrift, DriftOptions, DriftTest, detect_drift};
@@ -57,6 +58,7 @@ pub use split::{
 };
 pub use synthetic::{InjectedDrift, SyntheticSpec, synthetic_classification};
 pub use validate::{ColumnKind, ColumnSpec, MAX_REPORTED_VIOLATIONS, Schema, ValidationReport, Violation};
+pub use version::{ContentDigest, DatasetVersion, HashCache, hash_path};
 
 /// Re-exported so users can build frames without naming a Polars version themselves.
 pub use polars;

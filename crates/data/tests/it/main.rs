@@ -8,6 +8,7 @@ mod profile;
 mod split;
 mod synthetic;
 mod validate;
+mod version;
 
 use std::path::PathBuf;
 
