@@ -43,6 +43,7 @@ mod rng;
 mod split;
 mod stats;
 mod synthetic;
+pub mod tensors;
 mod validate;
 pub mod version;
 
@@ -57,6 +58,7 @@ pub use split::{
     Fold, Split, SplitFractions, group_split, k_fold, random_split, stratified_k_fold, stratified_split, time_split,
 };
 pub use synthetic::{InjectedDrift, SyntheticSpec, synthetic_classification};
+pub use tensors::{WeightedSampler, epoch_batches, to_f32};
 pub use validate::{ColumnKind, ColumnSpec, MAX_REPORTED_VIOLATIONS, Schema, ValidationReport, Violation};
 pub use version::{ContentDigest, DatasetVersion, HashCache, hash_path};
 

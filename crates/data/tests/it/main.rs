@@ -7,6 +7,7 @@ mod pipeline;
 mod profile;
 mod split;
 mod synthetic;
+mod tensors;
 mod validate;
 mod version;
 
