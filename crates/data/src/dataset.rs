@@ -49,6 +49,15 @@ impl Dataset {
     pub fn load_csv_with(path: impl AsRef<Path>, options: &CsvOptions) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        Self::parse_csv(bytes, path, Some(path.to_path_buf()), options)
+    }
+
+    /// Reads CSV text held in memory; `source` names it in errors and records.
+    pub fn from_csv_bytes(bytes: impl Into<Vec<u8>>, source: &str, options: &CsvOptions) -> Result<Self> {
+        Self::parse_csv(bytes.into(), Path::new(source), None, options)
+    }
+
+    fn parse_csv(bytes: Vec<u8>, path: &Path, file: Option<std::path::PathBuf>, options: &CsvOptions) -> Result<Self> {
         let hash = blake3::hash(&bytes).to_hex().to_string();
         let line_offset = (!bytes.contains(&b'"')).then_some(1);
         let parse = CsvParseOptions::default().with_separator(options.separator).with_null_values(Some(
@@ -61,7 +70,7 @@ impl Dataset {
             .into_reader_with_file_handle(std::io::Cursor::new(bytes))
             .finish()
             .map_err(|e| Error::Csv { path: path.to_path_buf(), message: e.to_string() })?;
-        Ok(Self { frame, source: path.display().to_string(), path: Some(path.to_path_buf()), hash, line_offset })
+        Ok(Self { frame, source: path.display().to_string(), path: file, hash, line_offset })
     }
 
     /// Wraps a frame built in memory. `source` names it in error messages; the hash is computed

@@ -34,6 +34,7 @@
 //! ```
 
 mod dataset;
+pub mod datasets;
 pub mod drift;
 mod error;
 pub mod pipeline;

@@ -93,3 +93,16 @@ fn version_records() {
     let json = serde_json::to_string(&clean).unwrap();
     assert_eq!(serde_json::from_str::<DatasetVersion>(&json).unwrap(), clean);
 }
+
+#[test]
+fn shipped_datasets_load_from_the_library_with_the_file_digest() {
+    for (loaded, file, rows, cols) in [
+        (kiln_data::datasets::digits().unwrap(), "digits.csv", 1797, 65),
+        (kiln_data::datasets::breast_cancer().unwrap(), "breast_cancer.csv", 569, 31),
+        (kiln_data::datasets::penguins().unwrap(), "penguins.csv", 344, 8),
+    ] {
+        assert_eq!(loaded.frame().shape(), (rows, cols), "{file}");
+        assert_eq!(loaded.hash(), hash_path(&data_file(file), None).unwrap().digest, "{file}");
+        assert!(loaded.source().starts_with("kiln:"));
+    }
+}
