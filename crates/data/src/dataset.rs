@@ -205,6 +205,16 @@ impl Dataset {
     }
 }
 
+impl Dataset {
+    /// The same dataset (source, path, hash) holding `frame` instead: for a filtered or
+    /// recast copy whose rows no longer map to file lines.
+    pub(crate) fn with_frame(mut self, frame: DataFrame) -> Self {
+        self.frame = frame;
+        self.line_offset = None;
+        self
+    }
+}
+
 /// The 1-based row and rendering of the first non-null value of a column, for messages.
 fn first_value(series: &polars::prelude::Series) -> (usize, String) {
     for i in 0..series.len() {

@@ -62,6 +62,18 @@ pub enum Error {
         /// What was found.
         found: String,
     },
+    /// A data file that cannot be read as its format: where, and what was expected.
+    #[error("{}{}{}: {message}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default(), column.as_ref().map(|c| format!(", column `{c}`")).unwrap_or_default())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The 1-based line, when known.
+        line: Option<usize>,
+        /// The column, when known.
+        column: Option<String>,
+        /// What is wrong and what was expected.
+        message: String,
+    },
     /// An argument is outside the range the operation accepts.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

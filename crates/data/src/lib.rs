@@ -37,6 +37,7 @@ mod dataset;
 pub mod datasets;
 pub mod drift;
 mod error;
+pub mod ingest;
 pub mod pipeline;
 mod preprocess;
 pub mod profile;
@@ -51,6 +52,7 @@ pub mod version;
 pub use dataset::{CsvOptions, Dataset};
 pub use drift::{DatasetDrift, DriftOptions, DriftTest, detect_drift};
 pub use error::{Error, Result};
+pub use ingest::{Format, Scan, ScanOptions, scan};
 pub use pipeline::{FittedPipeline, Pipeline, TrainSplit};
 pub use preprocess::{LabelEncoder, StandardScaler};
 pub use profile::{DatasetProfile, ProfileOptions};
@@ -60,7 +62,10 @@ pub use split::{
 };
 pub use synthetic::{InjectedDrift, SyntheticSpec, synthetic_classification};
 pub use tensors::{WeightedSampler, epoch_batches, to_f32};
-pub use validate::{ColumnKind, ColumnSpec, MAX_REPORTED_VIOLATIONS, Schema, ValidationReport, Violation};
+pub use validate::{
+    ColumnKind, ColumnSpec, ExprCheck, ExtraColumns, Failure, LengthRange, MAX_FAILURE_CASES, MAX_REPORTED_VIOLATIONS,
+    Quarantine, RowCount, Schema, ValidationReport, Violation,
+};
 pub use version::{ContentDigest, DatasetVersion, HashCache, hash_path};
 
 /// Re-exported so users can build frames without naming a Polars version themselves.

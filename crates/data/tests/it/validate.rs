@@ -132,3 +132,157 @@ fn every_violation_is_counted_but_only_the_first_are_detailed() {
     assert_eq!((rows[0], report.violations[0].column.as_str()), (10, "pixel_7_7"));
     assert_eq!((rows[1], report.violations[1].column.as_str()), (11, "pixel_0_2"));
 }
+
+mod lazy {
+    use kiln_data::polars::prelude::*;
+    use kiln_data::{ColumnSpec, Dataset, ExtraColumns, Schema};
+
+    use crate::data_file;
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        let dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into());
+        std::path::PathBuf::from(dir).join("tests/fixtures").join(name)
+    }
+
+    #[test]
+    fn a_schema_file_in_toml_or_json_checks_penguins() {
+        let schema = Schema::load(fixture("penguins.schema.toml")).unwrap();
+        assert_eq!(schema.columns.len(), 8);
+        let penguins = Dataset::load_csv(data_file("penguins.csv")).unwrap();
+        let report = schema.check(&penguins).unwrap();
+        assert!(report.is_valid(), "{}", report.summary());
+        // The same schema as JSON reads back equal.
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("penguins.schema.json");
+        std::fs::write(&json, serde_json::to_string_pretty(&schema).unwrap()).unwrap();
+        assert_eq!(Schema::load(&json).unwrap(), schema);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "[[columns]]\nname = 3\n").unwrap();
+        let e = Schema::load(&bad).unwrap_err().to_string();
+        assert!(e.contains("bad.toml") && e.contains("line 2"), "{e}");
+    }
+
+    fn people() -> Dataset {
+        let frame = df!(
+            "id" => [1i64, 2, 3, 3, 5, 6],
+            "email" => ["a@lab.org", "b@lab.org", "nope", "c@lab.org", "d@lab.org", "e@lab.org"],
+            "name" => ["Ada", "Grace", "Barbara", "Katherine-Johnson-The-Great", "Mary", "Hedy"],
+            "age" => [Some(36i64), Some(85), Some(41), None, Some(250), Some(85)],
+            "site" => ["oslo", "oslo", "lima", "lima", "mars", "oslo"],
+            "visit" => [1i64, 1, 1, 2, 1, 1],
+            "started" => [2001i64, 1999, 2000, 2003, 2010, 1980],
+            "ended" => [2005i64, 1998, 2004, 2004, 2011, 1970],
+            "notes" => ["", "", "", "", "", ""],
+        )
+        .unwrap();
+        Dataset::from_frame(frame, "people.csv").unwrap()
+    }
+
+    fn people_schema() -> Schema {
+        Schema::new(vec![
+            ColumnSpec::integer("id", 1, 1000).unique(),
+            ColumnSpec::text("email").matches(r"^[^@\s]+@[^@\s]+\.[a-z]+$"),
+            ColumnSpec::text("name").length(Some(2), Some(20)),
+            ColumnSpec::integer("age", 0, 130),
+            ColumnSpec::category("site", ["oslo", "lima"]),
+            ColumnSpec::integer("visit", 1, 10),
+            ColumnSpec::integer("started", 1900, 2100),
+            ColumnSpec::integer("ended", 1900, 2100),
+        ])
+        .check_expr("ends_after_start", "ended >= started")
+        .unique_together(&["site", "visit"])
+        .rows(Some(10), None)
+        .extra_columns(ExtraColumns::Reject)
+    }
+
+    #[test]
+    fn every_failure_is_found_in_one_check() {
+        let report = people_schema().check(&people()).unwrap();
+        let cases = report.failure_cases().unwrap();
+        let get = |c: &str| -> Vec<String> {
+            cases.column(c).unwrap().as_materialized_series().iter().map(|v| v.str_value().to_string()).collect()
+        };
+        let rows: Vec<String> = get("row");
+        let checks: Vec<String> = get("check");
+        let columns: Vec<String> = get("column");
+        let got: Vec<(String, String, String)> =
+            rows.into_iter().zip(columns).zip(checks).map(|((r, c), k)| (r, c, k)).collect();
+        let want: Vec<(&str, &str, &str)> = vec![
+            ("null", "notes", "extra_column"),
+            ("null", "null", "row_count"),
+            ("1", "null", "unique_together:site+visit"),
+            ("2", "null", "expr:ends_after_start"),
+            ("2", "null", "unique_together:site+visit"),
+            ("3", "email", "str_matches"),
+            ("3", "id", "unique"),
+            ("4", "age", "not_null"),
+            ("4", "id", "unique"),
+            ("4", "name", "str_length"),
+            ("5", "age", "in_range"),
+            ("5", "site", "isin"),
+            ("6", "null", "expr:ends_after_start"),
+            ("6", "null", "unique_together:site+visit"),
+        ];
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        let mut want_sorted: Vec<(String, String, String)> =
+            want.iter().map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())).collect();
+        want_sorted.sort();
+        assert_eq!(got_sorted, want_sorted, "{cases}");
+        assert_eq!(report.total, 14);
+        assert_eq!(report.bad_rows.iter().copied().collect::<Vec<_>>(), [0, 1, 2, 3, 4, 5]);
+        let summary = report.summary();
+        assert!(summary.contains("6 rows, 6 failing row(s), 14 failure(s)"), "{summary}");
+        assert!(summary.contains("age in_range: 1 (e.g. row 5: 250)"), "{summary}");
+        assert!(summary.contains("(table) row_count: 1 (e.g. 6 rows, expected 10..=)"), "{summary}");
+        let expr = report.failures.iter().find(|f| f.check == "expr:ends_after_start").unwrap();
+        assert!(expr.found.contains("ended=1998") && expr.found.contains("started=1999"), "{expr:?}");
+    }
+
+    #[test]
+    fn split_valid_quarantines_with_reasons_and_writes_parquet() {
+        let mut schema = people_schema();
+        schema.rows = None;
+        schema.unique_together.clear();
+        schema.extra_columns = ExtraColumns::Drop;
+        let (valid, quarantine) = schema.split_valid(&people()).unwrap();
+        assert_eq!(valid.height(), 1, "only Ada passes everything");
+        assert_eq!(valid.column_names().len(), 8, "the extra `notes` column is dropped");
+        let q = &quarantine.frame;
+        assert_eq!(q.height(), 5);
+        let rows: Vec<u64> = q.column("_row").unwrap().u64().unwrap().iter().flatten().collect();
+        assert_eq!(rows, [2, 3, 4, 5, 6]);
+        let reasons: Vec<String> =
+            q.column("_reasons").unwrap().str().unwrap().iter().map(|s| s.unwrap().to_string()).collect();
+        assert!(reasons[0].contains("expr:ends_after_start"), "{reasons:?}");
+        assert!(reasons[2].contains("age not_null") && reasons[2].contains("name str_length"), "{reasons:?}");
+        assert_eq!(valid.height() + q.height(), people().height(), "nothing is dropped silently");
+
+        // The quarantine file is plain Parquet, read back by arrow-rs.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("quarantine.parquet");
+        quarantine.write_parquet(&path).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        use parquet::file::reader::FileReader;
+        let meta = reader.metadata();
+        assert_eq!(meta.file_metadata().num_rows(), 5);
+        let names: Vec<String> =
+            meta.file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+        assert!(names.contains(&"_reasons".to_string()) && names.contains(&"email".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn coercion_and_bad_checks() {
+        let frame = df!("n" => ["1", "2.5", "x"], "k" => ["a", "b", "c"]).unwrap();
+        let data = Dataset::from_frame(frame, "n.csv").unwrap();
+        let mut schema = Schema::new(vec![ColumnSpec::number("n")]);
+        schema.coerce = true;
+        let (valid, quarantine) = schema.split_valid(&data).unwrap();
+        assert_eq!(valid.frame().column("n").unwrap().dtype(), &DataType::Float64);
+        assert_eq!(quarantine.report.failures[0].check, "dtype");
+        let e = Schema::new(vec![]).check_expr("broken", "n >>> 2").check(&data).unwrap_err().to_string();
+        assert!(e.contains("check `broken`"), "{e}");
+        let e = Schema::new(vec![]).check_expr("not_bool", "k").check(&data).unwrap_err().to_string();
+        assert!(e.contains("not_bool"), "{e}");
+    }
+}

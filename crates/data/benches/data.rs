@@ -1,0 +1,100 @@
+//! kiln-data benchmarks: validation, pipeline fit + transform, stratified split, hashing.
+//!
+//! `cargo bench -p kiln-data` (1M rows × 20 columns from the synthetic generator; the hashing
+//! benchmark writes 1 GiB of files to a temporary directory first).
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use kiln_data::pipeline::{Columns, HandleUnknown, ImputeStrategy, Pipeline, Step, Transform};
+use kiln_data::{
+    ColumnSpec, Dataset, HashCache, Schema, SplitFractions, SyntheticSpec, TrainSplit, hash_path, stratified_split,
+    synthetic_classification,
+};
+
+const ROWS: usize = 1_000_000;
+
+fn data() -> Dataset {
+    let spec = SyntheticSpec { rows: ROWS, numeric: 16, categorical: 4, levels: 6, ..SyntheticSpec::default() };
+    Dataset::from_frame(synthetic_classification(&spec).expect("synthetic"), "synthetic").expect("dataset")
+}
+
+fn validation(c: &mut Criterion) {
+    let data = data();
+    // 40 checks: 16 numeric columns × (range, not null) + 4 categorical × (allowed set, length).
+    let mut columns: Vec<ColumnSpec> =
+        (0..16).map(|j| ColumnSpec::number(format!("num_{j}")).range(-50.0, 50.0)).collect();
+    columns.extend(
+        (0..4).map(|j| {
+            ColumnSpec::category(format!("cat_{j}"), (0..6).map(|l| format!("l{l}"))).length(Some(2), Some(2))
+        }),
+    );
+    let schema = Schema::new(columns);
+    let mut group = c.benchmark_group("data/validate");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.sample_size(10);
+    group.bench_function("1M rows × 20 columns, 40 checks", |b| {
+        b.iter(|| {
+            let report = schema.check(black_box(&data)).expect("check");
+            assert!(report.is_valid());
+        })
+    });
+    group.finish();
+}
+
+fn pipeline(c: &mut Criterion) {
+    let data = data();
+    let train = TrainSplit::all_rows_for_final_fit(&data);
+    let pipeline = Pipeline::new()
+        .exclude("label")
+        .step(Step::new("numbers", Columns::Numeric).impute(ImputeStrategy::Mean, false).then(Transform::Standard))
+        .step(
+            Step::new("labels", Columns::Categorical)
+                .impute(ImputeStrategy::MostFrequent, false)
+                .then(Transform::OneHot { handle_unknown: HandleUnknown::Ignore, min_frequency: None }),
+        );
+    let mut group = c.benchmark_group("data/pipeline");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.sample_size(10);
+    group.bench_function("fit + transform 1M rows × 20 columns (impute, scale, one-hot)", |b| {
+        b.iter(|| {
+            let fitted = pipeline.fit(black_box(&train)).expect("fit");
+            let x = fitted.transform(data.frame(), "synthetic").expect("transform");
+            assert_eq!(x.ncols(), 16 + 4 * 6);
+        })
+    });
+    group.finish();
+}
+
+fn split(c: &mut Criterion) {
+    let labels: Vec<u32> = (0..ROWS as u32).map(|i| i.wrapping_mul(2_654_435_761) % 10).collect();
+    let mut group = c.benchmark_group("data/split");
+    group.throughput(Throughput::Elements(ROWS as u64));
+    group.bench_function("stratified 1M rows, 10 classes", |b| {
+        b.iter(|| stratified_split(black_box(&labels), SplitFractions::default(), 42).expect("split"))
+    });
+    group.finish();
+}
+
+fn hashing(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let piece: Vec<u8> = (0..(128u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    for i in 0..8 {
+        std::fs::write(dir.path().join(format!("part-{i}.bin")), &piece).expect("write");
+    }
+    let mut group = c.benchmark_group("data/hash");
+    group.throughput(Throughput::Bytes(8 * piece.len() as u64));
+    group.sample_size(10);
+    group.bench_function("1 GiB in 8 files (page cache), no cache", |b| {
+        b.iter(|| hash_path(black_box(dir.path()), None).expect("hash"))
+    });
+    let mut cache = HashCache::in_memory();
+    hash_path(dir.path(), Some(&mut cache)).expect("warm");
+    group.bench_function("1 GiB in 8 files, unchanged, with the stat cache", |b| {
+        b.iter(|| hash_path(black_box(dir.path()), Some(&mut cache)).expect("hash"))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, validation, pipeline, split, hashing);
+criterion_main!(benches);
