@@ -27,7 +27,7 @@
 //! schema, every fitted parameter and the output feature names; [`FittedPipeline::from_json`]
 //! reads it back without running anything, and refuses other format versions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use polars::prelude::{DataFrame, DataType};
 use serde::{Deserialize, Serialize};
@@ -104,10 +104,10 @@ impl Value {
     }
 
     /// The category key: the text, or the number's shortest round-trip form.
-    fn key(&self) -> Option<String> {
+    fn key(&self) -> Option<std::borrow::Cow<'_, str>> {
         match self {
-            Self::Number(v) if !v.is_nan() => Some(format!("{}", if *v == 0.0 { 0.0 } else { *v })),
-            Self::Text(t) => Some(t.clone()),
+            Self::Number(v) if !v.is_nan() => Some(format!("{}", if *v == 0.0 { 0.0 } else { *v }).into()),
+            Self::Text(t) => Some(t.as_str().into()),
             _ => None,
         }
     }
@@ -361,15 +361,19 @@ fn column_values(frame: &DataFrame, name: &str) -> Result<(Vec<Value>, InputKind
     }
 }
 
-fn sorted_numbers(values: &[Value]) -> Vec<f64> {
-    let mut v: Vec<f64> = values
+fn finite_numbers(values: &[Value]) -> Vec<f64> {
+    values
         .iter()
         .filter_map(|v| match v {
             Value::Number(x) if x.is_finite() => Some(*x),
             _ => None,
         })
-        .collect();
-    v.sort_by(f64::total_cmp);
+        .collect()
+}
+
+fn sorted_numbers(values: &[Value]) -> Vec<f64> {
+    let mut v = finite_numbers(values);
+    v.sort_unstable_by(f64::total_cmp);
     v
 }
 
@@ -421,7 +425,13 @@ impl Pipeline {
         let names: Vec<String> = frame.get_column_names().iter().map(|c| c.to_string()).collect();
         let mut kinds: HashMap<String, InputKind> = HashMap::new();
         for name in &names {
-            kinds.insert(name.clone(), column_values(frame, name)?.1);
+            let dtype = frame.column(name)?.dtype();
+            let kind = if dtype.is_primitive_numeric() || dtype == &DataType::Boolean {
+                InputKind::Number
+            } else {
+                InputKind::Text
+            };
+            kinds.insert(name.clone(), kind);
         }
         let mut taken: Vec<String> = self.exclude.clone();
         let mut fitted = Vec::new();
@@ -494,7 +504,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             let value = match &imputer.strategy {
                 ImputeStrategy::Mean => {
                     numeric_only("mean imputation")?;
-                    let v = sorted_numbers(values);
+                    let v = finite_numbers(values);
                     if v.is_empty() {
                         return Err(bad("no values to take the mean of".into()));
                     }
@@ -509,15 +519,16 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
                     Value::Number(quantile(&v, 0.5))
                 }
                 ImputeStrategy::MostFrequent => {
-                    let mut counts: BTreeMap<String, (usize, Value)> = BTreeMap::new();
+                    let mut counts: HashMap<std::borrow::Cow<'_, str>, (usize, &Value)> = HashMap::new();
                     for v in values.iter().filter(|v| !v.is_missing()) {
                         if let Some(k) = v.key() {
-                            counts.entry(k).or_insert((0, v.clone())).0 += 1;
+                            counts.entry(k).or_insert((0, v)).0 += 1;
                         }
                     }
-                    let best = counts.values().max_by(|a, b| a.0.cmp(&b.0).then(std::cmp::Ordering::Greater));
+                    // The most frequent; ties go to the smallest key.
+                    let best = counts.iter().max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(a.0)));
                     match best {
-                        Some((_, v)) => v.clone(),
+                        Some((_, (_, v))) => (*v).clone(),
                         None => return Err(bad("no values to find the most frequent of".into())),
                     }
                 }
@@ -541,7 +552,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
         }
         Some(Transform::Standard) => {
             numeric_only("a standard scaler")?;
-            let v = sorted_numbers(&filled);
+            let v = finite_numbers(&filled);
             if v.is_empty() {
                 return Err(bad("no values to fit a scaler on".into()));
             }
@@ -555,11 +566,11 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             if lo >= hi {
                 return Err(bad(format!("min-max range ({lo}, {hi}) is empty")));
             }
-            let v = sorted_numbers(&filled);
+            let v = finite_numbers(&filled);
             if v.is_empty() {
                 return Err(bad("no values to fit a scaler on".into()));
             }
-            let (min, max) = (v[0], v[v.len() - 1]);
+            let (min, max) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
             let scale = (hi - lo) / nonzero(max - min);
             FittedTransform::Linear { scale, min: lo - min * scale }
         }
@@ -604,13 +615,13 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
 
 /// Category keys with their counts, sorted (numerically when every key is a number).
 fn category_counts(values: &[Value]) -> Vec<(String, usize)> {
-    let mut counts: HashMap<String, usize> = HashMap::new();
+    let mut counts: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
     for v in values {
         if let Some(k) = v.key() {
             *counts.entry(k).or_insert(0) += 1;
         }
     }
-    let mut out: Vec<(String, usize)> = counts.into_iter().collect();
+    let mut out: Vec<(String, usize)> = counts.into_iter().map(|(k, n)| (k.into_owned(), n)).collect();
     let numeric = out.iter().all(|(k, _)| k.parse::<f64>().is_ok());
     if numeric {
         out.sort_by(|a, b| {
@@ -666,11 +677,12 @@ impl FittedColumn {
             FittedTransform::Linear { scale, min } => out.push(number(value)? * scale + min),
             FittedTransform::OneHot { categories, infrequent, handle_unknown } => {
                 let key = value.key().unwrap_or_default();
+                let key = key.as_ref();
                 let start = out.len();
                 out.extend(std::iter::repeat_n(0.0, categories.len() + usize::from(!infrequent.is_empty())));
-                if let Ok(i) = find(categories, &key) {
+                if let Ok(i) = find(categories, key) {
                     out[start + i] = 1.0;
-                } else if infrequent.contains(&key) {
+                } else if infrequent.iter().any(|k| k == key) {
                     out[start + categories.len()] = 1.0;
                 } else if *handle_unknown == HandleUnknown::Error {
                     return Err((
@@ -681,7 +693,7 @@ impl FittedColumn {
             }
             FittedTransform::Ordinal { categories, unknown_value } => {
                 let key = value.key().unwrap_or_default();
-                match (find(categories, &key), unknown_value) {
+                match (find(categories, key.as_ref()), unknown_value) {
                     (Ok(i), _) => out.push(i as f64),
                     (Err(_), Some(u)) => out.push(*u),
                     (Err(_), None) => {

@@ -826,7 +826,7 @@ impl Schema {
 /// Rows whose values in `columns` repeat another row's.
 fn unique_together_failures(data: &Dataset, columns: &[String]) -> Result<Vec<Failure>> {
     let series: Vec<polars::prelude::Series> =
-        columns.iter().map(|c| data.series(c).map(|s| s.clone())).collect::<Result<_>>()?;
+        columns.iter().map(|c| data.series(c).cloned()).collect::<Result<_>>()?;
     let mut seen: std::collections::HashMap<Vec<String>, Vec<usize>> = std::collections::HashMap::new();
     for r in 0..data.height() {
         let key: Vec<String> = series.iter().map(|s| s.get(r).map(|v| v.to_string()).unwrap_or_default()).collect();
