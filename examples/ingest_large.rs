@@ -69,15 +69,14 @@ fn main() -> anyhow::Result<()> {
         })
     };
     let started = Instant::now();
-    let query = scan(&path, &ScanOptions::default())?
-        .map(|lf| {
-            lf.filter(col("amount").gt(lit(1.0))).select([
-                len().alias("events"),
-                col("amount").sum().alias("total"),
-                col("amount").mean().alias("mean"),
-                col("user_id").max().alias("max_user"),
-            ])
-        });
+    let query = scan(&path, &ScanOptions::default())?.map(|lf| {
+        lf.filter(col("amount").gt(lit(1.0))).select([
+            len().alias("events"),
+            col("amount").sum().alias("total"),
+            col("amount").mean().alias("mean"),
+            col("user_id").max().alias("max_user"),
+        ])
+    });
     let summary = if streaming { query.collect_streaming()? } else { query.collect()? };
     let seconds = started.elapsed().as_secs_f64();
     done.store(true, std::sync::atomic::Ordering::Relaxed);
