@@ -95,7 +95,25 @@ impl From<&str> for Value {
 }
 
 impl Value {
-    fn is_missing(&self) -> bool {
+    fn cell(&self) -> Cell<'_> {
+        match self {
+            Self::Number(v) => Cell::Number(*v),
+            Self::Text(t) => Cell::Text(t),
+            Self::Null => Cell::Null,
+        }
+    }
+}
+
+/// A borrowed value: what the transforms read, from a frame's column or from a [`Value`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell<'a> {
+    Number(f64),
+    Text(&'a str),
+    Null,
+}
+
+impl<'a> Cell<'a> {
+    fn is_missing(self) -> bool {
         match self {
             Self::Null => true,
             Self::Number(v) => v.is_nan(),
@@ -104,19 +122,27 @@ impl Value {
     }
 
     /// The category key: the text, or the number's shortest round-trip form.
-    fn key(&self) -> Option<std::borrow::Cow<'_, str>> {
+    fn key(self) -> Option<std::borrow::Cow<'a, str>> {
         match self {
-            Self::Number(v) if !v.is_nan() => Some(format!("{}", if *v == 0.0 { 0.0 } else { *v }).into()),
-            Self::Text(t) => Some(t.as_str().into()),
+            Self::Number(v) if !v.is_nan() => Some(format!("{}", if v == 0.0 { 0.0 } else { v }).into()),
+            Self::Text(t) => Some(t.into()),
             _ => None,
         }
     }
 
-    fn describe(&self) -> String {
+    fn describe(self) -> String {
         match self {
             Self::Number(v) => format!("{v}"),
             Self::Text(t) => format!("{t:?}"),
             Self::Null => "a missing value".into(),
+        }
+    }
+
+    fn to_value(self) -> Value {
+        match self {
+            Self::Number(v) => Value::Number(v),
+            Self::Text(t) => Value::Text(t.to_string()),
+            Self::Null => Value::Null,
         }
     }
 }
@@ -339,40 +365,48 @@ pub struct FittedPipeline {
     pub fitted_on: String,
 }
 
-/// A column of a frame as values.
-fn column_values(frame: &DataFrame, name: &str) -> Result<(Vec<Value>, InputKind)> {
-    let series = frame
-        .column(name)
-        .map_err(|_| Error::MissingColumn {
-            source_name: "input".into(),
-            column: name.to_string(),
-            available: frame.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
-        })?
-        .as_materialized_series()
-        .clone();
-    if series.dtype().is_primitive_numeric() || series.dtype() == &DataType::Boolean {
-        let cast = series.cast(&DataType::Float64)?;
-        let values = cast.f64()?.iter().map(|v| v.map_or(Value::Null, Value::Number)).collect();
-        Ok((values, InputKind::Number))
-    } else {
-        let cast = series.cast(&DataType::String)?;
-        let values = cast.str()?.iter().map(|v| v.map_or(Value::Null, |s| Value::Text(s.to_string()))).collect();
-        Ok((values, InputKind::Text))
+/// A column of a frame cast to what the transforms read: `f64` or text.
+struct CastColumn {
+    kind: InputKind,
+    series: polars::prelude::Series,
+}
+
+impl CastColumn {
+    fn of(frame: &DataFrame, name: &str, source: &str) -> Result<Self> {
+        let series = frame
+            .column(name)
+            .map_err(|_| Error::MissingColumn {
+                source_name: source.to_string(),
+                column: name.to_string(),
+                available: frame.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
+            })?
+            .as_materialized_series();
+        Ok(if series.dtype().is_primitive_numeric() || series.dtype() == &DataType::Boolean {
+            Self { kind: InputKind::Number, series: series.cast(&DataType::Float64)? }
+        } else {
+            Self { kind: InputKind::Text, series: series.cast(&DataType::String)? }
+        })
+    }
+
+    fn cells(&self) -> Result<Box<dyn Iterator<Item = Cell<'_>> + '_>> {
+        Ok(match self.kind {
+            InputKind::Number => Box::new(self.series.f64()?.iter().map(|v| v.map_or(Cell::Null, Cell::Number))),
+            InputKind::Text => Box::new(self.series.str()?.iter().map(|v| v.map_or(Cell::Null, Cell::Text))),
+        })
     }
 }
 
-fn finite_numbers(values: &[Value]) -> Vec<f64> {
-    values
-        .iter()
-        .filter_map(|v| match v {
-            Value::Number(x) if x.is_finite() => Some(*x),
+fn finite_numbers<'a>(cells: impl Iterator<Item = Cell<'a>>) -> Vec<f64> {
+    cells
+        .filter_map(|c| match c {
+            Cell::Number(x) if x.is_finite() => Some(x),
             _ => None,
         })
         .collect()
 }
 
-fn sorted_numbers(values: &[Value]) -> Vec<f64> {
-    let mut v = finite_numbers(values);
+fn sorted_numbers<'a>(cells: impl Iterator<Item = Cell<'a>>) -> Vec<f64> {
+    let mut v = finite_numbers(cells);
     v.sort_unstable_by(f64::total_cmp);
     v
 }
@@ -464,9 +498,9 @@ impl Pipeline {
                 }
             };
             for column in selected {
-                let (values, kind) = column_values(frame, &column)?;
-                fitted.push(fit_column(step, &column, &values, kind, &train.source)?);
-                schema.push(InputColumn { name: column.clone(), kind });
+                let cast = CastColumn::of(frame, &column, &train.source)?;
+                fitted.push(fit_column(step, &column, &cast, &train.source)?);
+                schema.push(InputColumn { name: column.clone(), kind: cast.kind });
                 taken.push(column);
             }
         }
@@ -492,7 +526,8 @@ impl Pipeline {
     }
 }
 
-fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, source: &str) -> Result<FittedColumn> {
+fn fit_column(step: &Step, column: &str, cast: &CastColumn, source: &str) -> Result<FittedColumn> {
+    let kind = cast.kind;
     let bad =
         |what: String| Error::InvalidArgument(format!("step `{}`, column `{column}` of {source}: {what}", step.name));
     let numeric_only = |what: &str| {
@@ -504,7 +539,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             let value = match &imputer.strategy {
                 ImputeStrategy::Mean => {
                     numeric_only("mean imputation")?;
-                    let v = finite_numbers(values);
+                    let v = finite_numbers(cast.cells()?);
                     if v.is_empty() {
                         return Err(bad("no values to take the mean of".into()));
                     }
@@ -512,23 +547,23 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
                 }
                 ImputeStrategy::Median => {
                     numeric_only("median imputation")?;
-                    let v = sorted_numbers(values);
+                    let v = sorted_numbers(cast.cells()?);
                     if v.is_empty() {
                         return Err(bad("no values to take the median of".into()));
                     }
                     Value::Number(quantile(&v, 0.5))
                 }
                 ImputeStrategy::MostFrequent => {
-                    let mut counts: HashMap<std::borrow::Cow<'_, str>, (usize, &Value)> = HashMap::new();
-                    for v in values.iter().filter(|v| !v.is_missing()) {
-                        if let Some(k) = v.key() {
-                            counts.entry(k).or_insert((0, v)).0 += 1;
+                    let mut counts: HashMap<std::borrow::Cow<'_, str>, (usize, Cell<'_>)> = HashMap::new();
+                    for c in cast.cells()?.filter(|c| !c.is_missing()) {
+                        if let Some(k) = c.key() {
+                            counts.entry(k).or_insert((0, c)).0 += 1;
                         }
                     }
                     // The most frequent; ties go to the smallest key.
                     let best = counts.iter().max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(a.0)));
                     match best {
-                        Some((_, (_, v))) => (*v).clone(),
+                        Some((_, (_, c))) => c.to_value(),
                         None => return Err(bad("no values to find the most frequent of".into())),
                     }
                 }
@@ -538,13 +573,13 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
         }
     };
     // The values the transform is fitted on: after imputation.
-    let filled: Vec<Value> = values
-        .iter()
-        .map(|v| match (&fill, v.is_missing()) {
-            (Some((f, _)), true) => f.clone(),
-            _ => v.clone(),
-        })
-        .collect();
+    let fill_cell = fill.as_ref().map(|(f, _)| f.cell());
+    let filled = || -> Result<_> {
+        Ok(cast.cells()?.map(move |c| match fill_cell {
+            Some(f) if c.is_missing() => f,
+            _ => c,
+        }))
+    };
     let transform = match &step.transform {
         None => {
             numeric_only("passing a column through (no encoder)")?;
@@ -552,7 +587,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
         }
         Some(Transform::Standard) => {
             numeric_only("a standard scaler")?;
-            let v = finite_numbers(&filled);
+            let v = finite_numbers(filled()?);
             if v.is_empty() {
                 return Err(bad("no values to fit a scaler on".into()));
             }
@@ -566,7 +601,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             if lo >= hi {
                 return Err(bad(format!("min-max range ({lo}, {hi}) is empty")));
             }
-            let v = finite_numbers(&filled);
+            let v = finite_numbers(filled()?);
             if v.is_empty() {
                 return Err(bad("no values to fit a scaler on".into()));
             }
@@ -579,7 +614,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             if !(0.0 <= *q_lo && q_lo < q_hi && *q_hi <= 100.0) {
                 return Err(bad(format!("quantile range ({q_lo}, {q_hi}) must satisfy 0 <= lo < hi <= 100")));
             }
-            let v = sorted_numbers(&filled);
+            let v = sorted_numbers(filled()?);
             if v.is_empty() {
                 return Err(bad("no values to fit a scaler on".into()));
             }
@@ -587,7 +622,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             FittedTransform::Affine { offset: quantile(&v, 0.5), scale: nonzero(spread) }
         }
         Some(Transform::OneHot { handle_unknown, min_frequency }) => {
-            let counts = category_counts(&filled);
+            let counts = category_counts(filled()?);
             if counts.is_empty() {
                 return Err(bad("no categories to encode".into()));
             }
@@ -600,7 +635,7 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
             }
         }
         Some(Transform::Ordinal { unknown_value }) => {
-            let counts = category_counts(&filled);
+            let counts = category_counts(filled()?);
             if counts.is_empty() {
                 return Err(bad("no categories to encode".into()));
             }
@@ -614,10 +649,10 @@ fn fit_column(step: &Step, column: &str, values: &[Value], kind: InputKind, sour
 }
 
 /// Category keys with their counts, sorted (numerically when every key is a number).
-fn category_counts(values: &[Value]) -> Vec<(String, usize)> {
-    let mut counts: HashMap<std::borrow::Cow<'_, str>, usize> = HashMap::new();
-    for v in values {
-        if let Some(k) = v.key() {
+fn category_counts<'a>(cells: impl Iterator<Item = Cell<'a>>) -> Vec<(String, usize)> {
+    let mut counts: HashMap<std::borrow::Cow<'a, str>, usize> = HashMap::new();
+    for c in cells {
+        if let Some(k) = c.key() {
             *counts.entry(k).or_insert(0) += 1;
         }
     }
@@ -658,17 +693,17 @@ impl FittedColumn {
 
     /// Transforms one value into this column's outputs (appended to `out`); an error is
     /// (what was expected, what was found).
-    fn apply(&self, value: &Value, out: &mut Vec<f64>) -> std::result::Result<(), (String, String)> {
+    fn apply(&self, value: Cell<'_>, out: &mut Vec<f64>) -> std::result::Result<(), (String, String)> {
         let missing = value.is_missing();
         let value = match (&self.fill, missing) {
-            (Some((fill, _)), true) => fill,
+            (Some((fill, _)), true) => fill.cell(),
             (None, true) => {
                 return Err(("a value (this pipeline has no imputer for the column)".into(), value.describe()));
             }
             _ => value,
         };
-        let number = |v: &Value| match v {
-            Value::Number(x) => Ok(*x),
+        let number = |v: Cell<'_>| match v {
+            Cell::Number(x) => Ok(x),
             other => Err(("a number".to_string(), other.describe())),
         };
         match &self.transform {
@@ -728,30 +763,42 @@ impl FittedPipeline {
     /// error naming its row (1-based) and column.
     pub fn transform(&self, frame: &DataFrame, source: &str) -> Result<ndarray::Array2<f64>> {
         let rows = frame.height();
-        let mut inputs = Vec::with_capacity(self.columns.len());
-        for c in &self.columns {
-            let (values, _) = column_values(frame, &c.column).map_err(|e| match e {
-                Error::MissingColumn { column, available, .. } => {
-                    Error::MissingColumn { source_name: source.to_string(), column, available }
-                }
-                other => other,
-            })?;
-            inputs.push(values);
-        }
         let mut out = ndarray::Array2::zeros((rows, self.width()));
-        let mut buf = Vec::with_capacity(self.width());
-        for r in 0..rows {
-            buf.clear();
-            for (c, values) in self.columns.iter().zip(&inputs) {
-                c.apply(&values[r], &mut buf).map_err(|(expected, found)| Error::BadValue {
-                    source_name: source.to_string(),
-                    row: r + 1,
-                    column: c.column.clone(),
-                    expected,
-                    found,
-                })?;
+        // Column by column (each value through the same `apply` as a single row), writing each
+        // column's outputs at its offset; the first failure in row order is reported.
+        let mut offset = 0;
+        let mut first_error: Option<(usize, usize, String, String)> = None;
+        let mut buf = Vec::new();
+        for (i, c) in self.columns.iter().enumerate() {
+            let width = c.width();
+            let cast = CastColumn::of(frame, &c.column, source)?;
+            for (r, cell) in cast.cells()?.enumerate() {
+                if first_error.as_ref().is_some_and(|e| e.0 <= r) {
+                    break;
+                }
+                buf.clear();
+                match c.apply(cell, &mut buf) {
+                    Ok(()) => {
+                        for (j, v) in buf.iter().enumerate() {
+                            out[[r, offset + j]] = *v;
+                        }
+                    }
+                    Err((expected, found)) => {
+                        first_error = Some((r, i, expected, found));
+                        break;
+                    }
+                }
             }
-            out.row_mut(r).assign(&ndarray::ArrayView1::from(&buf[..]));
+            offset += width;
+        }
+        if let Some((r, i, expected, found)) = first_error {
+            return Err(Error::BadValue {
+                source_name: source.to_string(),
+                row: r + 1,
+                column: self.columns[i].column.clone(),
+                expected,
+                found,
+            });
         }
         Ok(out)
     }
@@ -770,7 +817,7 @@ impl FittedPipeline {
                     keys.join(", ")
                 },
             })?;
-            c.apply(value, &mut out).map_err(|(expected, found)| Error::BadValue {
+            c.apply(value.cell(), &mut out).map_err(|(expected, found)| Error::BadValue {
                 source_name: "row".into(),
                 row: 1,
                 column: c.column.clone(),
