@@ -59,7 +59,9 @@ impl Dataset {
 
     fn parse_csv(bytes: Vec<u8>, path: &Path, file: Option<std::path::PathBuf>, options: &CsvOptions) -> Result<Self> {
         let hash = blake3::hash(&bytes).to_hex().to_string();
-        let line_offset = (!bytes.contains(&b'"')).then_some(1);
+        // Row n is line n + 1 unless quoted fields may span lines or blank lines are skipped.
+        let blank_line = bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n");
+        let line_offset = (!bytes.contains(&b'"') && !blank_line).then_some(1);
         let parse = CsvParseOptions::default().with_separator(options.separator).with_null_values(Some(
             NullValues::AllColumns(options.null_values.iter().map(|s| s.as_str().into()).collect()),
         ));
@@ -184,8 +186,9 @@ impl Dataset {
             .collect()
     }
 
-    /// The rows at `rows` (0-based), in that order. The result keeps this dataset's source name
-    /// and hash, with `#subset` appended to the name.
+    /// The rows at `rows` (0-based), in that order. The result keeps this dataset's source
+    /// name, with `#subset` appended; its hash is derived from this dataset's hash and the
+    /// rows taken, so a subset is a version of its own.
     pub fn take(&self, rows: &[usize]) -> Result<Self> {
         let height = self.height();
         if let Some(bad) = rows.iter().find(|r| **r >= height) {
@@ -195,11 +198,18 @@ impl Dataset {
             )));
         }
         let idx = IdxCa::from_vec("idx".into(), rows.iter().map(|r| *r as _).collect());
+        // A subset is another version: its digest is that of the parent and the rows taken.
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln-subset\0");
+        h.update(self.hash.as_bytes());
+        for r in rows {
+            h.update(&(*r as u64).to_le_bytes());
+        }
         Ok(Self {
             frame: self.frame.take(&idx)?,
             source: format!("{}#subset", self.source),
             path: self.path.clone(),
-            hash: self.hash.clone(),
+            hash: h.finalize().to_hex().to_string(),
             line_offset: None,
         })
     }
@@ -209,6 +219,13 @@ impl Dataset {
     /// The same dataset (source, path, hash) holding `frame` instead: for a filtered or
     /// recast copy whose rows no longer map to file lines.
     pub(crate) fn with_frame(mut self, frame: DataFrame) -> Self {
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln-reshaped\0");
+        h.update(self.hash.as_bytes());
+        for (name, dtype) in frame.schema().iter() {
+            h.update(format!("{name}\0{dtype}\n").as_bytes());
+        }
+        self.hash = h.finalize().to_hex().to_string();
         self.frame = frame;
         self.line_offset = None;
         self

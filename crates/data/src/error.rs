@@ -74,6 +74,9 @@ pub enum Error {
         /// What is wrong and what was expected.
         message: String,
     },
+    /// A sample with no values to compare (all null, NaN or infinite).
+    #[error("{0}")]
+    EmptySample(String),
     /// An argument is outside the range the operation accepts.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),

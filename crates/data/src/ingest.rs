@@ -92,6 +92,8 @@ impl Default for ScanOptions {
 pub struct Scan {
     /// The query; add filters, selections and aggregations before collecting.
     pub frame: LazyFrame,
+    /// The scan alone, before any `map`: its schema is the files' (for diagnosing them).
+    base: LazyFrame,
     /// The files, sorted.
     pub files: Vec<PathBuf>,
     /// Their format.
@@ -134,7 +136,7 @@ impl Scan {
     /// can be read again to find them.
     fn explain(&self, error: PolarsError) -> Error {
         let found = match self.format {
-            Format::Csv => diagnose_csv(&self.files, &self.options, &self.frame),
+            Format::Csv => diagnose_csv(&self.files, &self.options, &self.base),
             Format::NdJson => diagnose_ndjson(&self.files),
             Format::Parquet | Format::Ipc => None,
         };
@@ -235,7 +237,16 @@ pub fn scan(source: impl AsRef<Path>, options: &ScanOptions) -> Result<Scan> {
         column: None,
         message: format!("cannot scan {}: {e}", format.name()),
     })?;
-    Ok(Scan { frame, files, format, options: options.clone() })
+    // Parquet and IPC carry their own types; overrides become casts (strict: a value that
+    // does not fit is an error, not a null).
+    let frame = if matches!(format, Format::Parquet | Format::Ipc) && !options.dtypes.is_empty() {
+        frame.with_columns(
+            options.dtypes.iter().map(|(n, t)| col(n.as_str()).strict_cast(t.clone())).collect::<Vec<_>>(),
+        )
+    } else {
+        frame
+    };
+    Ok(Scan { base: frame.clone(), frame, files, format, options: options.clone() })
 }
 
 fn has_glob(s: &str) -> bool {
@@ -257,7 +268,12 @@ fn resolve(source: &Path, format: Option<Format>) -> Result<Vec<PathBuf>> {
         return Ok(vec![source.to_path_buf()]);
     }
     if source.is_dir() {
-        let mut files: Vec<PathBuf> = walk(source)?.into_iter().filter(|p| wanted(p)).collect();
+        // With a format given, only its extensions count (a README is not a CSV file).
+        let of_format = |p: &Path| match format {
+            Some(f) => Format::from_path(p) == Some(f),
+            None => Format::from_path(p).is_some(),
+        };
+        let mut files: Vec<PathBuf> = walk(source)?.into_iter().filter(|p| of_format(p)).collect();
         files.sort();
         if files.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -348,7 +364,12 @@ fn glob_regex(glob: &str) -> Result<regex::Regex> {
 fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    // Directories already walked, by canonical path: a symbolic link cycle ends here.
+    let mut seen = std::collections::HashSet::new();
     while let Some(d) = stack.pop() {
+        if !seen.insert(std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone())) {
+            continue;
+        }
         let entries = std::fs::read_dir(&d).map_err(|source| Error::Io { path: d.clone(), source })?;
         for entry in entries {
             let entry = entry.map_err(|source| Error::Io { path: d.clone(), source })?;
@@ -476,7 +497,8 @@ fn check_fields(
     schema: Option<&SchemaRef>,
     options: &ScanOptions,
 ) -> Option<Error> {
-    if fields.len() != names.len() {
+    // Polars pads short records with nulls; only extra fields are an error.
+    if fields.len() > names.len() {
         return Some(Error::Parse {
             path: path.to_path_buf(),
             line: Some(line),

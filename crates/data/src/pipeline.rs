@@ -560,8 +560,14 @@ fn fit_column(step: &Step, column: &str, cast: &CastColumn, source: &str) -> Res
                             counts.entry(k).or_insert((0, c)).0 += 1;
                         }
                     }
-                    // The most frequent; ties go to the smallest key.
-                    let best = counts.iter().max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| b.0.cmp(a.0)));
+                    // The most frequent; ties go to the smallest value (numerically for numbers,
+                    // as scikit-learn does).
+                    let smaller = |a: &Cell<'_>, b: &Cell<'_>| match (a, b) {
+                        (Cell::Number(x), Cell::Number(y)) => x.total_cmp(y),
+                        (Cell::Text(x), Cell::Text(y)) => x.cmp(y),
+                        _ => std::cmp::Ordering::Equal,
+                    };
+                    let best = counts.iter().max_by(|a, b| a.1.0.cmp(&b.1.0).then_with(|| smaller(&b.1.1, &a.1.1)));
                     match best {
                         Some((_, (_, c))) => c.to_value(),
                         None => return Err(bad("no values to find the most frequent of".into())),
@@ -772,6 +778,7 @@ impl FittedPipeline {
         for (i, c) in self.columns.iter().enumerate() {
             let width = c.width();
             let cast = CastColumn::of(frame, &c.column, source)?;
+            self.check_kind(&c.column, cast.kind, source)?;
             for (r, cell) in cast.cells()?.enumerate() {
                 if first_error.as_ref().is_some_and(|e| e.0 <= r) {
                     break;
@@ -817,6 +824,14 @@ impl FittedPipeline {
                     keys.join(", ")
                 },
             })?;
+            let kind = match value {
+                Value::Text(_) => Some(InputKind::Text),
+                Value::Number(_) => Some(InputKind::Number),
+                Value::Null => None,
+            };
+            if let Some(kind) = kind {
+                self.check_kind(&c.column, kind, "row")?;
+            }
             c.apply(value.cell(), &mut out).map_err(|(expected, found)| Error::BadValue {
                 source_name: "row".into(),
                 row: 1,
@@ -827,6 +842,26 @@ impl FittedPipeline {
         }
         debug_assert_eq!(out.len(), self.columns.iter().map(FittedColumn::width).sum::<usize>());
         Ok(out)
+    }
+
+    /// Refuses a column whose kind differs from training: a label column sent as numbers would
+    /// be encoded by another key (`1` for the trained `"1.0"`), so batches and rows could differ.
+    fn check_kind(&self, column: &str, got: InputKind, source: &str) -> Result<()> {
+        let Some(expected) = self.input_schema.iter().find(|c| c.name == column).map(|c| c.kind) else {
+            return Ok(());
+        };
+        if expected == got {
+            return Ok(());
+        }
+        let name = |k: InputKind| match k {
+            InputKind::Number => "numbers",
+            InputKind::Text => "text",
+        };
+        Err(Error::InvalidArgument(format!(
+            "{source}: column `{column}` holds {} but the pipeline was fitted on {}; convert it first",
+            name(got),
+            name(expected)
+        )))
     }
 
     /// The pipeline as pretty JSON.

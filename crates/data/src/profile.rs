@@ -170,6 +170,7 @@ impl DatasetProfile {
             None => self.columns.iter().map(|c| c.name.clone()).filter(|n| current.column(n).is_ok()).collect(),
         };
         let mut columns = Vec::new();
+        let mut skipped = Vec::new();
         for name in names {
             let profile = self
                 .column(&name)
@@ -183,15 +184,14 @@ impl DatasetProfile {
                 }
                 (_, other) => other,
             };
-            columns.push(crate::drift::compare(
-                &name,
-                &reference,
-                &current_values,
-                (profile.missing, current_missing),
-                options,
-            )?);
+            match crate::drift::compare(&name, &reference, &current_values, (profile.missing, current_missing), options)
+            {
+                Ok(column) => columns.push(column),
+                Err(Error::EmptySample(why)) => skipped.push((name, why)),
+                Err(e) => return Err(e),
+            }
         }
-        Ok(crate::drift::summarise(columns, options.drift_share))
+        Ok(crate::drift::summarise(columns, skipped, options.drift_share))
     }
 
     /// The profile as pretty JSON.

@@ -80,8 +80,9 @@ pub fn stratified_split<L: Ord + Hash + Clone>(labels: &[L], fractions: SplitFra
     for rows in by_class.values_mut() {
         rng.shuffle(rows);
         let n = rows.len() as f64;
-        let n_train = (n * fractions.train).round() as usize;
-        let n_val = ((n * fractions.val).round() as usize).min(rows.len() - n_train);
+        // Clamped: fractions read from a file skip `SplitFractions::new`'s checks.
+        let n_train = ((n * fractions.train).round().max(0.0) as usize).min(rows.len());
+        let n_val = ((n * fractions.val).round().max(0.0) as usize).min(rows.len() - n_train);
         split.train.extend_from_slice(&rows[..n_train]);
         split.val.extend_from_slice(&rows[n_train..n_train + n_val]);
         split.test.extend_from_slice(&rows[n_train + n_val..]);
@@ -96,8 +97,8 @@ pub fn stratified_split<L: Ord + Hash + Clone>(labels: &[L], fractions: SplitFra
 pub fn random_split(n: usize, fractions: SplitFractions, seed: u64) -> Split {
     let mut rows: Vec<usize> = (0..n).collect();
     SplitMix64::new(seed).shuffle(&mut rows);
-    let n_train = (n as f64 * fractions.train).round() as usize;
-    let n_val = ((n as f64 * fractions.val).round() as usize).min(n - n_train);
+    let n_train = ((n as f64 * fractions.train).round().max(0.0) as usize).min(n);
+    let n_val = ((n as f64 * fractions.val).round().max(0.0) as usize).min(n - n_train);
     let mut split = Split {
         train: rows[..n_train].to_vec(),
         val: rows[n_train..n_train + n_val].to_vec(),
@@ -159,9 +160,10 @@ pub fn time_split<T: Ord>(times: &[T], fractions: SplitFractions, gap: usize) ->
         }
         cut.min(n)
     };
-    let train_end = settle((n as f64 * fractions.train).round() as usize);
+    let train_end = settle(((n as f64 * fractions.train).round().max(0.0) as usize).min(n));
     let val_start = settle((train_end + gap).min(n));
-    let val_end = settle(((n as f64 * (fractions.train + fractions.val)).round() as usize).max(val_start));
+    let val_end =
+        settle(((n as f64 * (fractions.train + fractions.val)).round().max(0.0) as usize).clamp(val_start, n));
     let test_start = settle((val_end + gap).min(n));
     let pick = |range: std::ops::Range<usize>| {
         let mut rows: Vec<usize> = order[range].to_vec();

@@ -9,7 +9,7 @@ use crate::{Error, Result, SplitMix64};
 
 /// Drift injected into the features of a sample (the labels' relation to the population's
 /// class centres is unchanged).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct InjectedDrift {
     /// Added to every numeric feature (in units of its within-class standard deviation, 1).
     pub mean_shift: f64,
@@ -19,6 +19,13 @@ pub struct InjectedDrift {
     pub category_shift: f64,
     /// Drift only the first this many numeric and categorical features (`None`: all).
     pub features: Option<usize>,
+}
+
+impl Default for InjectedDrift {
+    /// No drift: no shift, spread unchanged (`variance_scale` 1), no category shift.
+    fn default() -> Self {
+        Self { mean_shift: 0.0, variance_scale: 1.0, category_shift: 0.0, features: None }
+    }
 }
 
 /// What to generate. `seed` fixes the population (class centres, category preferences);
@@ -113,7 +120,7 @@ pub fn synthetic_classification(spec: &SyntheticSpec) -> Result<DataFrame> {
         .collect();
 
     let mut rng = SplitMix64::new(spec.seed ^ spec.sample.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(1));
-    let drift = spec.drift.unwrap_or(InjectedDrift { variance_scale: 1.0, ..InjectedDrift::default() });
+    let drift = spec.drift.unwrap_or_default();
     let drifted = |j: usize| drift.features.is_none_or(|k| j < k);
     let mut numeric: Vec<Vec<f64>> = vec![Vec::with_capacity(spec.rows); spec.numeric];
     let mut categorical: Vec<Vec<String>> = vec![Vec::with_capacity(spec.rows); spec.categorical];

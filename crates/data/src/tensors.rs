@@ -32,8 +32,14 @@ pub fn epoch_batches(rows: usize, batch_size: usize, seed: u64, epoch: u64) -> R
 }
 
 /// Gathers the rows `batch` of `x` and `y` (for one mini-batch).
-pub fn gather<T: Clone, U: Clone>(x: &Array2<T>, y: &[U], batch: &[usize]) -> (Array2<T>, Vec<U>) {
-    (x.select(Axis(0), batch), batch.iter().map(|i| y[*i].clone()).collect())
+pub fn gather<T: Clone, U: Clone>(x: &Array2<T>, y: &[U], batch: &[usize]) -> Result<(Array2<T>, Vec<U>)> {
+    if x.nrows() != y.len() {
+        return Err(Error::Shape(format!("{} feature rows but {} labels", x.nrows(), y.len())));
+    }
+    if let Some(bad) = batch.iter().find(|i| **i >= y.len()) {
+        return Err(Error::InvalidArgument(format!("batch row {bad} is out of range for {} rows", y.len())));
+    }
+    Ok((x.select(Axis(0), batch), batch.iter().map(|i| y[*i].clone()).collect()))
 }
 
 /// Draws row indices with replacement, each row with probability proportional to its weight
@@ -80,7 +86,7 @@ impl WeightedSampler {
     /// `n` row indices drawn with replacement, seeded.
     pub fn sample(&self, n: usize, seed: u64) -> Vec<usize> {
         let mut rng = SplitMix64::new(seed);
-        let last = self.cumulative.len() - 1;
+        let Some(last) = self.cumulative.len().checked_sub(1) else { return Vec::new() };
         (0..n)
             .map(|_| {
                 let u = rng.next_f64();
@@ -91,14 +97,20 @@ impl WeightedSampler {
 }
 
 /// Class weights for a loss, `rows / (classes · rows of the class)` (scikit-learn's
-/// `class_weight="balanced"`), by class index.
-pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Array1<f32> {
+/// `class_weight="balanced"`), by class index; a label outside `0..classes` is an error.
+pub fn balanced_class_weights(labels: &[usize], classes: usize) -> Result<Array1<f32>> {
     let mut counts = vec![0usize; classes];
-    for l in labels {
-        if *l < classes {
-            counts[*l] += 1;
+    for (row, l) in labels.iter().enumerate() {
+        match counts.get_mut(*l) {
+            Some(c) => *c += 1,
+            None => {
+                return Err(Error::InvalidArgument(format!(
+                    "label {l} of row {} is not a class index below {classes}",
+                    row + 1
+                )));
+            }
         }
     }
     let n = labels.len() as f32;
-    Array1::from_iter(counts.iter().map(|c| if *c == 0 { 0.0 } else { n / (classes as f32 * *c as f32) }))
+    Ok(Array1::from_iter(counts.iter().map(|c| if *c == 0 { 0.0 } else { n / (classes as f32 * *c as f32) })))
 }

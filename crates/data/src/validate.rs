@@ -193,7 +193,8 @@ impl ColumnSpec {
                 }
             }
             ColumnKind::Integer { min, max } => {
-                if !v.is_finite() || v.fract() != 0.0 {
+                // 2^63: beyond it a whole number does not fit a 64-bit integer.
+                if !v.is_finite() || v.fract() != 0.0 || v.abs() >= 9_223_372_036_854_775_808.0 {
                     Some("integer")
                 } else if !in_range(min.map(|m| m as f64), max.map(|m| m as f64)) {
                     Some("in_range")
@@ -210,6 +211,28 @@ impl ColumnSpec {
         }
     }
 
+    /// Checks an integer exactly (bounds compared as integers, not through f64).
+    fn check_integer(&self, v: i64) -> std::result::Result<(), (&'static str, String)> {
+        match &self.kind {
+            ColumnKind::Integer { min, max } => {
+                if min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m) {
+                    Err(("in_range", v.to_string()))
+                } else {
+                    Ok(())
+                }
+            }
+            // Exact comparison with the allowed values when they are integers too.
+            ColumnKind::Category { values } => {
+                if values.iter().any(|c| c.trim().parse::<i64>() == Ok(v) || c.parse::<f64>() == Ok(v as f64)) {
+                    Ok(())
+                } else {
+                    Err(("isin", v.to_string()))
+                }
+            }
+            _ => self.check_number(v as f64),
+        }
+    }
+
     fn check_text(&self, s: &str, pattern: Option<&regex::Regex>) -> std::result::Result<(), (&'static str, String)> {
         match &self.kind {
             ColumnKind::Text => {}
@@ -217,6 +240,9 @@ impl ColumnSpec {
                 if !values.iter().any(|c| c == s) {
                     return Err(("isin", format!("{s:?}")));
                 }
+            }
+            ColumnKind::Integer { .. } if s.trim().parse::<i64>().is_ok() => {
+                return self.check_integer(s.trim().parse::<i64>().unwrap_or_default());
             }
             ColumnKind::Number { .. } | ColumnKind::Integer { .. } => {
                 return match s.trim().parse::<f64>() {
@@ -282,10 +308,29 @@ fn check_column(spec: &ColumnSpec, data: &Dataset) -> Result<ColumnCheck> {
     let missing = || if spec.nullable { Ok(()) } else { Err(("not_null", "a missing value".to_string())) };
     // Unique: the rows of every value seen more than once.
     let mut seen: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
-    if series.dtype().is_primitive_numeric() {
+    // Text rules (pattern, length) also hold for a column read as numbers: on its rendering.
+    let text_rules = |rendered: String| -> std::result::Result<(), (&'static str, String)> {
+        if spec.pattern.is_none() && spec.length.is_none() {
+            return Ok(());
+        }
+        let as_text = ColumnSpec { kind: ColumnKind::Text, ..spec.clone() };
+        as_text.check_text(&rendered, pattern.as_ref())
+    };
+    if series.dtype().is_integer() {
+        // Exactly, as 64-bit integers: large ids must not collide or round through f64.
+        let cast = series.cast(&DataType::Int64)?;
+        for (i, v) in cast.i64()?.iter().enumerate() {
+            push(i, v.map_or_else(missing, |v| spec.check_integer(v).and_then(|()| text_rules(v.to_string()))));
+            if spec.unique
+                && let Some(v) = v
+            {
+                seen.entry(v.to_string()).or_default().push(i);
+            }
+        }
+    } else if series.dtype().is_primitive_numeric() {
         let cast = series.cast(&DataType::Float64)?;
         for (i, v) in cast.f64()?.iter().enumerate() {
-            push(i, v.map_or_else(missing, |v| spec.check_number(v)));
+            push(i, v.map_or_else(missing, |v| spec.check_number(v).and_then(|()| text_rules(format_number(v)))));
             if spec.unique
                 && let Some(v) = v
             {
@@ -644,7 +689,9 @@ impl Schema {
 
         for (spec, checked) in self.columns.iter().zip(per_column) {
             for (i, check, found) in checked.failures {
-                if violations.len() < MAX_REPORTED_VIOLATIONS * 4 {
+                // All of them (as many as failures are kept): the first in row order may come
+                // from any column.
+                if violations.len() < MAX_FAILURE_CASES {
                     violations.push(Violation {
                         row: i + 1,
                         line: data.line_of_row(i + 1),
@@ -785,13 +832,8 @@ impl Schema {
         }
         if self.coerce {
             for spec in &self.columns {
-                let target = match spec.kind {
-                    ColumnKind::Number { .. } => DataType::Float64,
-                    ColumnKind::Integer { .. } => DataType::Int64,
-                    ColumnKind::Category { .. } | ColumnKind::Text => DataType::String,
-                };
-                let cast = frame.column(&spec.name)?.cast(&target)?;
-                frame.replace(&spec.name, cast)?;
+                let coerced = coerce(frame.column(&spec.name)?.as_materialized_series(), &spec.kind, &spec.name)?;
+                frame.replace(&spec.name, coerced.into())?;
             }
         }
         valid = valid.with_frame(frame);
@@ -846,4 +888,49 @@ fn unique_together_failures(data: &Dataset, columns: &[String]) -> Result<Vec<Fa
         }
     }
     Ok(out)
+}
+
+/// Converts a validated column to its declared type, value by value as validation read it
+/// (trimmed text parsed as a number), so a value that passed never turns into a null.
+fn coerce(series: &polars::prelude::Series, kind: &ColumnKind, name: &str) -> Result<polars::prelude::Series> {
+    use polars::prelude::{Float64Chunked, Int64Chunked, IntoSeries, NewChunkedArray};
+    let numbers: Vec<Option<f64>> = if series.dtype() == &DataType::String {
+        series.str()?.iter().map(|v| v.and_then(|s| s.trim().parse::<f64>().ok())).collect()
+    } else if series.dtype().is_primitive_numeric() || series.dtype() == &DataType::Boolean {
+        series.cast(&DataType::Float64)?.f64()?.iter().collect()
+    } else {
+        Vec::new()
+    };
+    let lost = |row: usize, target: &str| Error::BadValue {
+        source_name: "coercion".into(),
+        row: row + 1,
+        column: name.to_string(),
+        expected: format!("a value that converts to {target}"),
+        found: series.get(row).map(|v| v.to_string()).unwrap_or_default(),
+    };
+    Ok(match kind {
+        ColumnKind::Number { .. } => {
+            if let Some(r) = (0..series.len())
+                .find(|r| numbers.get(*r).copied().flatten().is_none() && !series.get(*r).is_ok_and(|v| v.is_null()))
+            {
+                return Err(lost(r, "a number"));
+            }
+            Float64Chunked::from_iter_options(name.into(), numbers.into_iter()).into_series()
+        }
+        ColumnKind::Integer { .. } => {
+            if series.dtype().is_integer() {
+                return Ok(series.cast(&DataType::Int64)?);
+            }
+            let mut out = Vec::with_capacity(numbers.len());
+            for (r, v) in numbers.iter().enumerate() {
+                match v {
+                    Some(x) if x.fract() == 0.0 && x.abs() < 9_223_372_036_854_775_808.0 => out.push(Some(*x as i64)),
+                    None if series.get(r).is_ok_and(|v| v.is_null()) => out.push(None),
+                    _ => return Err(lost(r, "a 64-bit integer")),
+                }
+            }
+            Int64Chunked::from_iter_options(name.into(), out.into_iter()).into_series()
+        }
+        ColumnKind::Category { .. } | ColumnKind::Text => series.cast(&DataType::String)?,
+    })
 }

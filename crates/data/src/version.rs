@@ -45,8 +45,8 @@ impl HashCache {
         Self::default()
     }
 
-    /// The cache stored at `path` (empty if the file does not exist; a damaged file is
-    /// ignored with a warning and rebuilt).
+    /// The cache stored at `path` (empty if the file does not exist; a damaged or
+    /// unreadable-format file is ignored and rebuilt: the cache never changes an answer).
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         let entries = match std::fs::read(&path) {
@@ -148,7 +148,12 @@ pub fn hash_file(path: &Path) -> Result<String> {
 fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
+    // Directories already walked, by canonical path: a symbolic link cycle ends here.
+    let mut seen = std::collections::HashSet::new();
     while let Some(d) = stack.pop() {
+        if !seen.insert(std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone())) {
+            continue;
+        }
         let entries = std::fs::read_dir(&d).map_err(|source| Error::Io { path: d.clone(), source })?;
         for entry in entries {
             let entry = entry.map_err(|source| Error::Io { path: d.clone(), source })?;

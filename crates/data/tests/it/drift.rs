@@ -137,9 +137,19 @@ fn missing_values_are_counted_not_compared() {
     let column = &report.columns[0];
     assert_eq!((column.reference_values, column.current_values), (3, 2));
     assert_eq!(column.missing, (3, 1));
-    let empty = df!("v" => [None::<f64>, Some(f64::NAN)]).unwrap();
-    let err = detect_drift(&reference, &empty, &DriftOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("column `v`") && err.contains("current"), "{err}");
+    // A column with nothing left to compare is skipped and reported; the others still count.
+    let empty = df!("v" => [None::<f64>, Some(f64::NAN)], "w" => [1.0, 2.0]).unwrap();
+    let with_w = df!("v" => [1.0, 2.0, 3.0], "w" => [1.0, 2.0, 3.0]).unwrap();
+    let report = detect_drift(&with_w, &empty, &DriftOptions::default()).unwrap();
+    assert_eq!(report.columns.len(), 1);
+    assert_eq!(report.skipped[0].0, "v");
+    assert!(report.skipped[0].1.contains("current"), "{:?}", report.skipped);
+    // NaN never counts as a category or a histogram value.
+    let with_nan = Sample::Numeric(vec![1.0, f64::NAN, 2.0]);
+    let plain = Sample::Numeric(vec![1.0, 2.0]);
+    for test in [DriftTest::ChiSquare, DriftTest::Psi, DriftTest::JensenShannon] {
+        assert_eq!(test.statistic(&with_nan, &plain).unwrap(), test.statistic(&plain, &plain).unwrap(), "{test:?}");
+    }
 }
 
 #[test]

@@ -132,6 +132,19 @@ fn bad_input_names_the_file_line_and_column() {
     let e = err(&d.join("events.ndjson"), &options);
     assert!(e.contains("events.ndjson, line 2") && e.contains("invalid JSON"), "{e}");
 
+    // Short records are padded with nulls (Polars' reading), not an error; an error in the
+    // query after the scan is reported as itself, not blamed on the file.
+    std::fs::write(d.join("short.csv"), "a,b\n1,2\n3\n").unwrap();
+    let short = scan(d.join("short.csv"), &options).unwrap().collect().unwrap();
+    assert_eq!(short.shape(), (2, 2));
+    let e = scan(d.join("short.csv"), &options)
+        .unwrap()
+        .map(|lf| lf.select([col("zzz")]))
+        .collect()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("zzz") && !e.contains("fields"), "{e}");
+
     let mixed = d.join("mixed");
     write_as(&penguins(), &mixed.join("a.csv"), Format::Csv);
     write_as(&penguins(), &mixed.join("b.parquet"), Format::Parquet);

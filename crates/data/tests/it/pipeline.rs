@@ -159,6 +159,12 @@ fn unknown_categories_and_missing_values_are_named() {
     );
     let err = strict.transform(&live.slice(2, 1), "requests.csv").unwrap_err().to_string();
     assert!(err.contains("row 1") && err.contains("no imputer"), "{err}");
+    // A column of another kind than in training is refused, in batches and rows alike.
+    let numbers = df!("colour" => [1.0, 2.0], "size" => [1.0, 2.0]).unwrap();
+    let err = strict.transform(&numbers, "requests.csv").unwrap_err().to_string();
+    assert!(err.contains("`colour` holds numbers") && err.contains("fitted on text"), "{err}");
+    let row = HashMap::from([("colour".to_string(), Value::Number(1.0)), ("size".to_string(), Value::Number(1.0))]);
+    assert!(strict.transform_row(&row).unwrap_err().to_string().contains("holds numbers"));
     let missing =
         strict.transform_row(&HashMap::from([("colour".to_string(), Value::from("red"))])).unwrap_err().to_string();
     assert!(missing.contains("size"), "{missing}");

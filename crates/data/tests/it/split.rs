@@ -184,3 +184,21 @@ mod properties {
         assert!(stratified_k_fold(&[1, 2], 3, 0).unwrap_err().to_string().contains("k = 3"));
     }
 }
+
+#[test]
+fn time_split_leaves_the_gap_out() {
+    let times: Vec<i64> = (0..100).rev().collect(); // given newest first: the order comes from the times
+    let s = kiln_data::time_split(&times, SplitFractions::new(0.6, 0.2, 0.2).unwrap(), 5);
+    let at = |rows: &[usize]| rows.iter().map(|r| times[*r]).collect::<BTreeSet<i64>>();
+    assert_eq!(at(&s.train), (0..60).collect());
+    assert_eq!(at(&s.val), (65..80).collect());
+    assert_eq!(at(&s.test), (85..100).collect());
+}
+
+#[test]
+fn unchecked_fractions_do_not_panic() {
+    // Fractions read from a file skip SplitFractions::new; the splits clamp instead of panicking.
+    let f: SplitFractions = serde_json::from_str(r#"{"train": 1.5, "val": 0.0, "test": 0.0}"#).unwrap();
+    assert_eq!(kiln_data::random_split(10, f, 0).train.len(), 10);
+    assert_eq!(stratified_split(&[1, 1, 2, 2], f, 0).unwrap().train.len(), 4);
+}

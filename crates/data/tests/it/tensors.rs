@@ -25,8 +25,11 @@ fn batches_cover_each_row_once_per_epoch_in_a_seeded_order() {
     assert_eq!(e0, epoch_batches(103, 10, 5, 0).unwrap(), "same seed and epoch, same order");
     assert_ne!(e0, epoch_batches(103, 10, 5, 1).unwrap(), "a new epoch reshuffles");
     assert!(epoch_batches(10, 0, 0, 0).is_err());
-    let (xb, yb) = gather(&array![[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], &[10, 20, 30], &[2, 0]);
+    let x = array![[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]];
+    let (xb, yb) = gather(&x, &[10, 20, 30], &[2, 0]).unwrap();
     assert_eq!((xb, yb), (array![[3.0, 3.0], [1.0, 1.0]], vec![30, 10]));
+    assert!(gather(&x, &[10, 20, 30], &[3]).is_err(), "an index past the end is an error, not a panic");
+    assert!(gather(&x, &[10, 20], &[0]).is_err());
 }
 
 #[test]
@@ -67,6 +70,7 @@ fn the_balanced_sampler_evens_out_classes() {
 #[test]
 fn balanced_class_weights_match_scikit_learn() {
     // compute_class_weight("balanced", classes=[0, 1, 2], y=[0, 0, 0, 1]) = [4/9, 4/3, 0] (2 unseen).
-    let w = balanced_class_weights(&[0, 0, 0, 1], 3);
+    let w = balanced_class_weights(&[0, 0, 0, 1], 3).unwrap();
+    assert!(balanced_class_weights(&[0, 0, 5], 2).unwrap_err().to_string().contains("row 3"));
     assert!((w[0] - 4.0 / 9.0).abs() < 1e-6 && (w[1] - 4.0 / 3.0).abs() < 1e-6 && w[2] == 0.0, "{w}");
 }

@@ -240,6 +240,37 @@ mod lazy {
     }
 
     #[test]
+    fn integers_are_checked_exactly_and_text_rules_apply_to_numbers() {
+        let big = 9_007_199_254_740_992i64; // 2^53: the next integer is not an f64
+        let frame = df!("id" => [big, big + 1, i64::MAX], "zip" => [12345i64, 123, 54321]).unwrap();
+        let data = Dataset::from_frame(frame, "ids.csv").unwrap();
+        let schema = Schema::new(vec![
+            ColumnSpec::integer("id", 0, i64::MAX - 1).unique(),
+            ColumnSpec::of("zip", kiln_data::ColumnKind::Integer { min: None, max: None }).matches(r"^\d{5}$"),
+        ]);
+        let report = schema.check(&data).unwrap();
+        let got: Vec<(Option<usize>, Option<String>, String)> =
+            report.failures.iter().map(|f| (f.row, f.column.clone(), f.check.clone())).collect();
+        assert_eq!(
+            got,
+            [(Some(2), Some("zip".into()), "str_matches".into()), (Some(3), Some("id".into()), "in_range".into())],
+            "2^53 and 2^53 + 1 are different ids; i64::MAX is above i64::MAX - 1"
+        );
+    }
+
+    #[test]
+    fn the_first_violations_are_the_first_rows_whatever_the_column() {
+        let n = 200;
+        let a: Vec<i64> = (0..n).map(|r| if r >= 10 { 99 } else { 1 }).collect();
+        let b: Vec<i64> = (0..n).map(|r| if r == 0 { 99 } else { 1 }).collect();
+        let data = Dataset::from_frame(df!("a" => a, "b" => b).unwrap(), "t.csv").unwrap();
+        let schema = Schema::new(vec![ColumnSpec::integer("a", 0, 10), ColumnSpec::integer("b", 0, 10)]);
+        let report = schema.check(&data).unwrap();
+        assert_eq!(report.total, 191);
+        assert_eq!((report.violations[0].row, report.violations[0].column.as_str()), (1, "b"));
+    }
+
+    #[test]
     fn split_valid_quarantines_with_reasons_and_writes_parquet() {
         let mut schema = people_schema();
         schema.rows = None;
@@ -273,12 +304,18 @@ mod lazy {
 
     #[test]
     fn coercion_and_bad_checks() {
-        let frame = df!("n" => ["1", "2.5", "x"], "k" => ["a", "b", "c"]).unwrap();
+        let frame = df!("n" => ["1", " 2.5", "x"], "i" => [" 3", "3.0", "4"], "k" => ["a", "b", "c"]).unwrap();
         let data = Dataset::from_frame(frame, "n.csv").unwrap();
-        let mut schema = Schema::new(vec![ColumnSpec::number("n")]);
+        let mut schema = Schema::new(vec![
+            ColumnSpec::number("n"),
+            ColumnSpec::of("i", kiln_data::ColumnKind::Integer { min: None, max: None }),
+        ]);
         schema.coerce = true;
         let (valid, quarantine) = schema.split_valid(&data).unwrap();
-        assert_eq!(valid.frame().column("n").unwrap().dtype(), &DataType::Float64);
+        let n: Vec<Option<f64>> = valid.frame().column("n").unwrap().f64().unwrap().iter().collect();
+        assert_eq!(n, [Some(1.0), Some(2.5)], "values that passed are converted, never nulled");
+        let i: Vec<Option<i64>> = valid.frame().column("i").unwrap().i64().unwrap().iter().collect();
+        assert_eq!(i, [Some(3), Some(3)]);
         assert_eq!(quarantine.report.failures[0].check, "dtype");
         let e = Schema::new(vec![]).check_expr("broken", "n >>> 2").check(&data).unwrap_err().to_string();
         assert!(e.contains("check `broken`"), "{e}");

@@ -90,6 +90,8 @@ fn version_records() {
     assert_eq!(on_disk.digest, raw.digest);
     let clean = DatasetVersion::of("penguins-clean", &data.take(&[0, 1, 2]).unwrap()).derived_from(&raw);
     assert_eq!(clean.parent.as_deref(), Some(raw.digest.as_str()));
+    assert_ne!(clean.digest, raw.digest, "a subset is a version of its own");
+    assert_ne!(data.take(&[0, 1]).unwrap().hash(), data.take(&[1, 0]).unwrap().hash());
     let json = serde_json::to_string(&clean).unwrap();
     assert_eq!(serde_json::from_str::<DatasetVersion>(&json).unwrap(), clean);
 }
