@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -35,6 +36,15 @@ pub struct ClassificationReport {
     pub macro_precision: f64,
     /// Unweighted mean of per-class recall.
     pub macro_recall: f64,
+    /// Mean of per-class F1 weighted by support (scikit-learn's `average="weighted"`).
+    #[serde(default)]
+    pub weighted_f1: f64,
+    /// Support-weighted mean of per-class precision.
+    #[serde(default)]
+    pub weighted_precision: f64,
+    /// Support-weighted mean of per-class recall.
+    #[serde(default)]
+    pub weighted_recall: f64,
     /// Per-class metrics, in class order.
     pub classes: Vec<ClassMetrics>,
     /// `confusion[true][predicted]` counts.
@@ -72,11 +82,16 @@ impl ClassificationReport {
             })
             .collect();
         let mean = |f: fn(&ClassMetrics) -> f64| classes.iter().map(f).sum::<f64>() / k as f64;
+        let n = truth.len() as f64;
+        let weighted = |f: fn(&ClassMetrics) -> f64| classes.iter().map(|c| f(c) * c.support as f64).sum::<f64>() / n;
         Ok(Self {
             accuracy: ratio(correct, truth.len() as u64),
             macro_f1: mean(|c| c.f1),
             macro_precision: mean(|c| c.precision),
             macro_recall: mean(|c| c.recall),
+            weighted_f1: weighted(|c| c.f1),
+            weighted_precision: weighted(|c| c.precision),
+            weighted_recall: weighted(|c| c.recall),
             confusion,
             classes,
         })
@@ -105,6 +120,306 @@ impl fmt::Display for ClassificationReport {
             writeln!(f)?;
         }
         Ok(())
+    }
+}
+
+/// Mean negative log-likelihood of the true class (scikit-learn's `log_loss`): probabilities
+/// are clipped to `[eps, 1 - eps]` with `eps` = `f64::EPSILON`.
+pub fn log_loss(truth: &[usize], probabilities: ArrayView2<'_, f64>) -> Result<f64> {
+    check_probabilities(truth, probabilities)?;
+    let eps = f64::EPSILON;
+    let total: f64 = truth.iter().enumerate().map(|(r, &t)| -probabilities[[r, t]].clamp(eps, 1.0 - eps).ln()).sum();
+    Ok(total / truth.len() as f64)
+}
+
+fn check_probabilities(truth: &[usize], probabilities: ArrayView2<'_, f64>) -> Result<()> {
+    if truth.len() != probabilities.nrows() {
+        return Err(Error::Shape(format!(
+            "{} true labels but {} rows of probabilities",
+            truth.len(),
+            probabilities.nrows()
+        )));
+    }
+    if truth.is_empty() {
+        return Err(Error::Shape("cannot evaluate zero rows".into()));
+    }
+    if let Some((r, t)) = truth.iter().enumerate().find(|(_, t)| **t >= probabilities.ncols()) {
+        return Err(Error::Shape(format!("row {}: class index {t} but {} classes", r + 1, probabilities.ncols())));
+    }
+    if let Some(((r, c), p)) = probabilities.indexed_iter().find(|(_, p)| !p.is_finite() || **p < 0.0) {
+        return Err(Error::Shape(format!("row {}, class {c}: probability {p}", r + 1)));
+    }
+    Ok(())
+}
+
+/// Area under the ROC curve of `scores` for the rows where `positive` is true: the chance a
+/// random positive scores above a random negative, ties counting half (equal to scikit-learn's
+/// trapezoidal `roc_auc_score`). `None` when one of the two groups is empty.
+pub fn roc_auc(positive: &[bool], scores: &[f64]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|p| **p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 || positive.len() != scores.len() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
+    // Average ranks (1-based) over ties, summed over the positives.
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let average = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += order[i..=j].iter().filter(|r| positive[**r]).count() as f64 * average;
+        i = j + 1;
+    }
+    let (p, n) = (n_pos as f64, n_neg as f64);
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * n))
+}
+
+/// ROC-AUC of a classifier: binary (the second class's probability), or one-vs-rest per class
+/// with macro and support-weighted means (scikit-learn's `multi_class="ovr"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RocAuc {
+    /// Per class, one-vs-rest (`None` for a class absent from, or the only class in, the truth).
+    pub per_class: Vec<Option<f64>>,
+    /// Binary: the AUC of class 1; otherwise the mean over classes.
+    pub macro_auc: Option<f64>,
+    /// The mean weighted by class support (binary: the same as `macro_auc`).
+    pub weighted_auc: Option<f64>,
+}
+
+/// See [`RocAuc`].
+pub fn roc_auc_ovr(truth: &[usize], probabilities: ArrayView2<'_, f64>) -> Result<RocAuc> {
+    check_probabilities(truth, probabilities)?;
+    let k = probabilities.ncols();
+    let per_class: Vec<Option<f64>> = (0..k)
+        .map(|c| {
+            let positive: Vec<bool> = truth.iter().map(|t| *t == c).collect();
+            roc_auc(&positive, &probabilities.column(c).to_vec())
+        })
+        .collect();
+    if k == 2 {
+        return Ok(RocAuc { macro_auc: per_class[1], weighted_auc: per_class[1], per_class });
+    }
+    let all: Option<Vec<f64>> = per_class.iter().copied().collect();
+    let (macro_auc, weighted_auc) = match all {
+        Some(aucs) => {
+            let support: Vec<f64> = (0..k).map(|c| truth.iter().filter(|t| **t == c).count() as f64).collect();
+            let n: f64 = support.iter().sum();
+            (
+                Some(aucs.iter().sum::<f64>() / k as f64),
+                Some(aucs.iter().zip(&support).map(|(a, s)| a * s).sum::<f64>() / n),
+            )
+        }
+        None => (None, None),
+    };
+    Ok(RocAuc { per_class, macro_auc, weighted_auc })
+}
+
+/// Expected calibration error: rows binned by confidence (their top probability) into `bins`
+/// equal-width bins over [0, 1]; the size-weighted mean gap between each bin's accuracy and
+/// its mean confidence.
+pub fn expected_calibration_error(truth: &[usize], probabilities: ArrayView2<'_, f64>, bins: usize) -> Result<f64> {
+    check_probabilities(truth, probabilities)?;
+    if bins == 0 {
+        return Err(Error::Shape("calibration needs at least one bin".into()));
+    }
+    let mut count = vec![0usize; bins];
+    let mut correct = vec![0usize; bins];
+    let mut confidence = vec![0.0f64; bins];
+    for (r, &t) in truth.iter().enumerate() {
+        let row = probabilities.row(r);
+        let (best, p) =
+            row.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, p)| if *p > b.1 { (i, *p) } else { b });
+        // Bins are (lo, hi]; a confidence of 0 goes to the first.
+        let bin = ((p * bins as f64).ceil() as usize).clamp(1, bins) - 1;
+        count[bin] += 1;
+        correct[bin] += usize::from(best == t);
+        confidence[bin] += p;
+    }
+    let n = truth.len() as f64;
+    Ok((0..bins)
+        .filter(|b| count[*b] > 0)
+        .map(|b| {
+            let c = count[b] as f64;
+            (c / n) * (correct[b] as f64 / c - confidence[b] / c).abs()
+        })
+        .sum())
+}
+
+/// Metrics of the rows sharing one value of a slicing column.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SliceReport {
+    /// The slicing column.
+    pub column: String,
+    /// The value.
+    pub value: String,
+    /// Rows in the slice.
+    pub rows: usize,
+    /// Accuracy within the slice.
+    pub accuracy: f64,
+    /// Macro-F1 within the slice.
+    pub macro_f1: f64,
+}
+
+/// Everything measured on a held-out set: hard-label metrics, probabilistic metrics and slices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Accuracy, per-class and averaged precision/recall/F1, confusion matrix.
+    pub classification: ClassificationReport,
+    /// Mean negative log-likelihood of the true class.
+    pub log_loss: f64,
+    /// ROC-AUC (binary, or one-vs-rest).
+    pub roc_auc: RocAuc,
+    /// Expected calibration error over 15 bins.
+    pub ece: f64,
+    /// Per value of each slicing column.
+    pub slices: Vec<SliceReport>,
+}
+
+impl EvalReport {
+    /// Evaluates predicted `probabilities` (`rows × classes`, each row summing to 1) against
+    /// the true class indices; the predicted class is each row's most probable one.
+    pub fn compute(truth: &[usize], probabilities: ArrayView2<'_, f64>, labels: &[String]) -> Result<Self> {
+        check_probabilities(truth, probabilities)?;
+        if probabilities.ncols() != labels.len() {
+            return Err(Error::Shape(format!(
+                "{} labels for {} probability columns",
+                labels.len(),
+                probabilities.ncols()
+            )));
+        }
+        let predicted = argmax(probabilities);
+        Ok(Self {
+            classification: ClassificationReport::compute(truth, &predicted, labels)?,
+            log_loss: log_loss(truth, probabilities)?,
+            roc_auc: roc_auc_ovr(truth, probabilities)?,
+            ece: expected_calibration_error(truth, probabilities, 15)?,
+            slices: Vec::new(),
+        })
+    }
+
+    /// Adds accuracy and macro-F1 per value of `column` (`values[r]` is row r's value).
+    pub fn with_slices(
+        mut self,
+        column: &str,
+        values: &[String],
+        truth: &[usize],
+        probabilities: ArrayView2<'_, f64>,
+    ) -> Result<Self> {
+        if values.len() != truth.len() {
+            return Err(Error::Shape(format!("{} slice values for {} rows", values.len(), truth.len())));
+        }
+        let predicted = argmax(probabilities);
+        let labels: Vec<String> = self.classification.classes.iter().map(|c| c.label.clone()).collect();
+        let mut groups: std::collections::BTreeMap<&str, Vec<usize>> = std::collections::BTreeMap::new();
+        for (r, v) in values.iter().enumerate() {
+            groups.entry(v).or_default().push(r);
+        }
+        for (value, rows) in groups {
+            let t: Vec<usize> = rows.iter().map(|r| truth[*r]).collect();
+            let p: Vec<usize> = rows.iter().map(|r| predicted[*r]).collect();
+            let report = ClassificationReport::compute(&t, &p, &labels)?;
+            self.slices.push(SliceReport {
+                column: column.to_string(),
+                value: value.to_string(),
+                rows: rows.len(),
+                accuracy: report.accuracy,
+                macro_f1: report.macro_f1,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Headline metrics by name, for the registry and promotion gates: `accuracy`,
+    /// `macro_f1`, `weighted_f1`, `log_loss`, `roc_auc` (macro), `ece`.
+    pub fn metrics(&self) -> std::collections::BTreeMap<String, f64> {
+        let c = &self.classification;
+        let mut out: std::collections::BTreeMap<String, f64> = [
+            ("accuracy", c.accuracy),
+            ("macro_f1", c.macro_f1),
+            ("weighted_f1", c.weighted_f1),
+            ("log_loss", self.log_loss),
+            ("ece", self.ece),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        if let Some(auc) = self.roc_auc.macro_auc {
+            out.insert("roc_auc".into(), auc);
+        }
+        out
+    }
+}
+
+fn argmax(probabilities: ArrayView2<'_, f64>) -> Vec<usize> {
+    probabilities
+        .rows()
+        .into_iter()
+        .map(|row| {
+            row.iter().enumerate().fold((0, f64::NEG_INFINITY), |b, (i, p)| if *p > b.1 { (i, *p) } else { b }).0
+        })
+        .collect()
+}
+
+/// Whether a candidate model may be promoted: every threshold holds, and no gated metric is
+/// worse than the current production version's by more than `tolerance`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PromotionGate {
+    /// Minimums (or, for metrics where lower is better, maximums) by metric name.
+    pub thresholds: std::collections::BTreeMap<String, f64>,
+    /// Metrics where lower is better (`log_loss`, `ece`); the others are higher-is-better.
+    pub lower_is_better: Vec<String>,
+    /// How much worse than production a metric may be.
+    pub tolerance: f64,
+}
+
+/// The verdict of a [`PromotionGate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateDecision {
+    /// Whether every check passed.
+    pub passed: bool,
+    /// One line per failed check.
+    pub reasons: Vec<String>,
+}
+
+impl PromotionGate {
+    /// Checks `candidate` metrics against the thresholds and, when given, `production`'s.
+    pub fn decide(
+        &self,
+        candidate: &std::collections::BTreeMap<String, f64>,
+        production: Option<&std::collections::BTreeMap<String, f64>>,
+    ) -> GateDecision {
+        let lower = |m: &str| self.lower_is_better.iter().any(|l| l == m);
+        let mut reasons = Vec::new();
+        for (metric, bound) in &self.thresholds {
+            match candidate.get(metric) {
+                None => reasons.push(format!("{metric}: not measured")),
+                Some(v) if lower(metric) && v > bound => {
+                    reasons.push(format!("{metric} {v:.4} is above the maximum {bound}"))
+                }
+                Some(v) if !lower(metric) && v < bound => {
+                    reasons.push(format!("{metric} {v:.4} is below the minimum {bound}"))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(production) = production {
+            for (metric, current) in production.iter().filter(|(m, _)| self.thresholds.contains_key(*m)) {
+                let Some(v) = candidate.get(metric) else { continue };
+                let worse = if lower(metric) { v - current } else { current - v };
+                if worse > self.tolerance {
+                    reasons.push(format!(
+                        "{metric} {v:.4} is worse than production's {current:.4} by {worse:.4} (tolerance {})",
+                        self.tolerance
+                    ));
+                }
+            }
+        }
+        GateDecision { passed: reasons.is_empty(), reasons }
     }
 }
 

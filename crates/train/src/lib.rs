@@ -5,7 +5,10 @@
 //! or `auto` ([`DeviceSpec`]); `auto` probes for a driver without letting burn panic and falls
 //! back to the CPU with a log line. Each epoch's metrics go to a kiln-track [`kiln_track::Run`].
 //!
-//! [`ClassificationReport`] computes accuracy, macro-F1 and the confusion matrix. A
+//! [`ClassificationReport`] computes accuracy, macro and weighted precision/recall/F1 and the
+//! confusion matrix; [`EvalReport`] adds log loss, ROC-AUC (binary and one-vs-rest), expected
+//! calibration error and per-slice metrics from predicted probabilities (checked against
+//! scikit-learn), and [`PromotionGate`] decides whether a candidate may replace production. A
 //! [`ModelPackage`] bundles weights with the architecture, the fitted preprocessing from
 //! kiln-data, the input schema, label names, metrics and lineage; [`Predictor`] loads one and
 //! predicts from raw rows, which is exactly what kiln-serve does per request.
@@ -36,7 +39,10 @@ mod trainer;
 
 pub use device::{Device, DeviceSpec, probe_cuda};
 pub use error::{Error, Result};
-pub use eval::{ClassMetrics, ClassificationReport};
+pub use eval::{
+    ClassMetrics, ClassificationReport, EvalReport, GateDecision, PromotionGate, RocAuc, SliceReport,
+    expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
+};
 pub use model::{Mlp, MlpConfig};
 pub use package::{
     Lineage, MANIFEST_FILE, Manifest, ModelPackage, PACKAGE_FORMAT_VERSION, PackageSpec, Prediction, Predictor,

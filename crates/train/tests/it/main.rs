@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod eval;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
