@@ -436,10 +436,38 @@ impl AppState {
     /// server restarted, or the client went quiet and came back after spooling).
     fn slot(&self, id: &str) -> Result<SlotRef> {
         check_id(id)?;
-        let mut open = lock(&self.open);
-        if let Some(slot) = open.get(id) {
-            return Ok(slot.clone());
+        // Claim the id with an empty slot, locked before the map is released: requests for
+        // this run wait on the slot while it is reopened, requests for other runs do not wait
+        // at all (reopening reads the run's segments).
+        let placeholder = Arc::new(Mutex::new(Slot { run: None, last_contact: Instant::now() }));
+        let mut claimed = {
+            let mut open = lock(&self.open);
+            if let Some(slot) = open.get(id) {
+                return Ok(slot.clone());
+            }
+            open.insert(id.to_string(), placeholder.clone());
+            lock(&placeholder)
+        };
+        match self.reopen(id) {
+            Ok(run) => {
+                claimed.run = Some(run);
+                drop(claimed);
+                Ok(placeholder)
+            }
+            Err(e) => {
+                drop(claimed);
+                let mut open = lock(&self.open);
+                if open.get(id).is_some_and(|held| Arc::ptr_eq(held, &placeholder)) {
+                    open.remove(id);
+                }
+                Err(e)
+            }
         }
+    }
+
+    /// Resumes a run that is not open here: only a killed one (the server restarted, or the
+    /// client went quiet and came back after spooling).
+    fn reopen(&self, id: &str) -> Result<Run> {
         let record = self.store.run(id)?;
         match record.status() {
             RunStatus::Running => {
@@ -453,9 +481,7 @@ impl AppState {
         }
         let run = self.store.reopen_run(id, false)?;
         tracing::info!(run = id, attempt = run.attempt(), "resumed a remote run");
-        let slot = Arc::new(Mutex::new(Slot { run: Some(run), last_contact: Instant::now() }));
-        open.insert(id.to_string(), slot.clone());
-        Ok(slot)
+        Ok(run)
     }
 
     fn create(&self, request: CreateRun) -> Result<CreatedRun> {

@@ -550,3 +550,31 @@ fn large_artifacts_upload_within_the_configured_limit() {
     run.finish().unwrap();
     assert_eq!(client.artifact(&id, "checkpoint.bin").unwrap(), big);
 }
+
+#[test]
+fn concurrent_batches_for_a_killed_run_resume_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut run = store.run_builder("exp").capture_environment(false).start().unwrap();
+    run.log_metric("loss", 0, 1.0).unwrap();
+    let id = run.id().to_string();
+    run.kill("preempted").unwrap();
+    let server = server(&store, None);
+    let addr = server.addr();
+    let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (1..=8u64)
+            .map(|step| {
+                let id = id.clone();
+                s.spawn(move || {
+                    let body = format!(r#"{{"metrics": [{{"key": "loss", "step": {step}, "value": 0.5}}]}}"#);
+                    raw(addr, "POST", &format!("/api/runs/{id}/log"), &[], &body)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|(status, _)| *status == 200), "{statuses:?}");
+    let rec = store.run(&id).unwrap();
+    assert_eq!(rec.state.attempt, 2, "one resume, whatever the number of waiting requests");
+    assert_eq!(store.metrics(&id).unwrap().len(), 9);
+}
