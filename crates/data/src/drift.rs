@@ -29,7 +29,7 @@ use std::hash::Hash;
 use polars::prelude::{DataFrame, DataType};
 use serde::{Deserialize, Serialize};
 
-use crate::stats::{chi2_sf, ks_two_sample_sf, normal_sf};
+use crate::stats::{chi2_sf, equal_width_edges, histogram_counts, ks_two_sample_sf, normal_sf};
 use crate::{Error, Result};
 
 /// One column's values for a drift test.
@@ -230,17 +230,23 @@ fn union<'a>(a: &HashMap<Key<'a>, u64>, b: &HashMap<Key<'a>, u64>) -> Vec<Key<'a
     keys
 }
 
-/// Evidently's chi-square test: current counts against reference counts scaled to the
-/// current size, over every value seen in either; `k - 1` degrees of freedom.
-fn chi_square(reference: &[Key<'_>], current: &[Key<'_>]) -> f64 {
+/// Value counts of both samples and every value seen in either, sorted; `None` when a sample
+/// is empty or only one value is seen (nothing to test: p = 1).
+type Tables<'a> = (HashMap<Key<'a>, u64>, HashMap<Key<'a>, u64>, Vec<Key<'a>>);
+
+fn tables<'a>(reference: &[Key<'a>], current: &[Key<'a>]) -> Option<Tables<'a>> {
     if reference.is_empty() || current.is_empty() {
-        return 1.0;
+        return None;
     }
     let (r, c) = (counts(reference), counts(current));
     let keys = union(&r, &c);
-    if keys.len() < 2 {
-        return 1.0;
-    }
+    (keys.len() >= 2).then_some((r, c, keys))
+}
+
+/// Evidently's chi-square test: current counts against reference counts scaled to the
+/// current size, over every value seen in either; `k - 1` degrees of freedom.
+fn chi_square(reference: &[Key<'_>], current: &[Key<'_>]) -> f64 {
+    let Some((r, c, keys)) = tables(reference, current) else { return 1.0 };
     let scale = current.len() as f64 / reference.len() as f64;
     let mut stat = 0.0;
     for k in &keys {
@@ -256,14 +262,7 @@ fn chi_square(reference: &[Key<'_>], current: &[Key<'_>]) -> f64 {
 
 /// Evidently's Z-test: the share of the first value (in sorted order) in each sample.
 fn z_test(reference: &[Key<'_>], current: &[Key<'_>]) -> f64 {
-    if reference.is_empty() || current.is_empty() {
-        return 1.0;
-    }
-    let (r, c) = (counts(reference), counts(current));
-    let keys = union(&r, &c);
-    if keys.len() < 2 {
-        return 1.0;
-    }
+    let Some((r, c, keys)) = tables(reference, current) else { return 1.0 };
     let first = keys[0];
     let (n1, n2) = (reference.len() as f64, current.len() as f64);
     // The share of values that are *not* the first, as Evidently encodes them.
@@ -391,13 +390,8 @@ fn sturges_edges(values: impl Iterator<Item = f64>) -> Vec<f64> {
         return vec![0.0, 1.0];
     }
     let width = (hi - lo) / ((n as f64).log2() + 1.0);
-    let (first, last) = if lo == hi { (lo - 0.5, hi + 0.5) } else { (lo, hi) };
-    let bins = if width > 0.0 { ((last - first) / width).ceil() as usize } else { 1 }.max(1);
-    // np.linspace: start + i * step, the last edge exactly `last`.
-    let step = (last - first) / bins as f64;
-    let mut edges: Vec<f64> = (0..=bins).map(|i| i as f64 * step + first).collect();
-    edges[bins] = last;
-    edges
+    let bins = if width > 0.0 { ((hi - lo) / width).ceil() as usize } else { 1 }.max(1);
+    equal_width_edges(lo, hi, bins)
 }
 
 /// NumPy's `histogram(values, edges)[0] / len(values)`: bins are `[e_i, e_{i+1})`, the last
@@ -405,13 +399,8 @@ fn sturges_edges(values: impl Iterator<Item = f64>) -> Vec<f64> {
 fn histogram_shares(values: &[f64], edges: &[f64]) -> Vec<f64> {
     let mut sorted: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
     sorted.sort_by(f64::total_cmp);
-    let below = |e: f64| sorted.partition_point(|v| *v < e);
-    let at_or_below = |e: f64| sorted.partition_point(|v| *v <= e);
-    let bins = edges.len() - 1;
-    let mut cumulative: Vec<usize> = edges[..bins].iter().map(|e| below(*e)).collect();
-    cumulative.push(at_or_below(edges[bins]));
     let n = values.len() as f64;
-    cumulative.windows(2).map(|w| (w[1] - w[0]) as f64 / n).collect()
+    histogram_counts(&sorted, edges).into_iter().map(|c| c as f64 / n).collect()
 }
 
 /// The drift verdict for one column.
@@ -477,7 +466,7 @@ pub fn column_sample(frame: &DataFrame, column: &str) -> Result<(Sample, usize)>
         .map_err(|_| Error::InvalidArgument(format!("no column `{column}` to compare for drift")))?
         .as_materialized_series()
         .clone();
-    if series.dtype().is_primitive_numeric() || series.dtype() == &DataType::Boolean {
+    if crate::util::is_number_dtype(series.dtype()) {
         let cast = series.cast(&DataType::Float64)?;
         let values = cast.f64()?;
         let kept: Vec<f64> = values.iter().flatten().filter(|v| v.is_finite()).collect();

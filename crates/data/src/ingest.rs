@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::util::{relative_slash, walk_files};
 use crate::{Error, Result};
 
 /// A file format kiln reads.
@@ -273,7 +274,7 @@ fn resolve(source: &Path, format: Option<Format>) -> Result<Vec<PathBuf>> {
             Some(f) => Format::from_path(p) == Some(f),
             None => Format::from_path(p).is_some(),
         };
-        let mut files: Vec<PathBuf> = walk(source)?.into_iter().filter(|p| of_format(p)).collect();
+        let mut files: Vec<PathBuf> = walk_files(source, true)?.into_iter().filter(|p| of_format(p)).collect();
         files.sort();
         if files.is_empty() {
             return Err(Error::InvalidArgument(format!(
@@ -295,13 +296,8 @@ fn resolve(source: &Path, format: Option<Format>) -> Result<Vec<PathBuf>> {
             PathBuf::from(parts[..fixed].join("/"))
         };
         let pattern = glob_regex(&parts[fixed..].join("/"))?;
-        let mut files: Vec<PathBuf> = if base.is_dir() { walk(&base)? } else { Vec::new() };
-        files.retain(|p| {
-            p.strip_prefix(&base)
-                .ok()
-                .map(|rel| rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/"))
-                .is_some_and(|rel| pattern.is_match(&rel))
-        });
+        let mut files: Vec<PathBuf> = if base.is_dir() { walk_files(&base, true)? } else { Vec::new() };
+        files.retain(|p| relative_slash(p, &base).is_some_and(|rel| pattern.is_match(&rel)));
         files.sort();
         if files.is_empty() {
             return Err(Error::InvalidArgument(format!("{text}: the pattern matches no file")));
@@ -360,34 +356,6 @@ fn glob_regex(glob: &str) -> Result<regex::Regex> {
     regex::Regex::new(&re).map_err(|e| Error::InvalidArgument(format!("bad pattern {glob:?}: {e}")))
 }
 
-/// Every file below `dir`, skipping names that start with `.` or `_` (`_SUCCESS`, `.crc`).
-fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    // Directories already walked, by canonical path: a symbolic link cycle ends here.
-    let mut seen = std::collections::HashSet::new();
-    while let Some(d) = stack.pop() {
-        if !seen.insert(std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone())) {
-            continue;
-        }
-        let entries = std::fs::read_dir(&d).map_err(|source| Error::Io { path: d.clone(), source })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| Error::Io { path: d.clone(), source })?;
-            let name = entry.file_name();
-            if name.to_string_lossy().starts_with(['.', '_']) {
-                continue;
-            }
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.is_file() {
-                out.push(path);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Splits a CSV record into fields, honouring double quotes; `None` when a quote is still
 /// open at the end (the record continues on the next line).
 fn split_record(line: &str, separator: char) -> Option<Vec<String>> {
@@ -422,60 +390,34 @@ fn diagnose_csv(files: &[PathBuf], options: &ScanOptions, frame: &LazyFrame) -> 
             .separator
             .map(char::from)
             .unwrap_or(if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("tsv")) { '\t' } else { ',' });
-        let file = std::fs::File::open(path).ok()?;
-        let mut reader = BufReader::new(file);
-        let mut raw = Vec::new();
-        let mut line_no = 0usize;
         let mut header: Option<Vec<String>> = None;
         let mut pending = String::new();
         let mut record_start = 0usize;
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-            line_no += 1;
-            let text = match std::str::from_utf8(&raw) {
-                Ok(t) => t,
-                Err(e) => {
-                    let good = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
-                    return Some(Error::Parse {
-                        path: path.clone(),
-                        line: Some(line_no),
-                        column: None,
-                        message: format!(
-                            "invalid UTF-8 at character {} (byte 0x{:02x}); save the file as UTF-8",
-                            good.chars().count() + 1,
-                            raw[e.valid_up_to()]
-                        ),
-                    });
-                }
-            };
+        let found = for_each_line(path, |line_no, text| {
             if pending.is_empty() {
                 record_start = line_no;
             }
             pending.push_str(text.trim_end_matches(['\n', '\r']));
             let Some(fields) = split_record(&pending, separator) else {
                 pending.push('\n');
-                continue;
+                return None;
             };
             pending.clear();
             if header.is_none() {
                 if options.has_header {
                     header = Some(fields);
-                    continue;
+                    return None;
                 }
                 header = Some((1..=fields.len()).map(|i| format!("column_{i}")).collect());
             }
             let names = header.as_deref().unwrap_or_default();
             if fields.len() == 1 && fields[0].is_empty() {
-                continue; // a blank line
+                return None; // a blank line
             }
-            if let Some(e) = check_fields(path, record_start, names, &fields, schema.as_ref(), options) {
-                return Some(e);
-            }
+            check_fields(path, record_start, names, &fields, schema.as_ref(), options)
+        });
+        if found.is_some() {
+            return found;
         }
         if !pending.is_empty() {
             return Some(Error::Parse {
@@ -544,55 +486,56 @@ fn check_fields(
 }
 
 fn diagnose_ndjson(files: &[PathBuf]) -> Option<Error> {
-    for path in files {
-        let file = std::fs::File::open(path).ok()?;
-        let mut reader = BufReader::new(file);
-        let mut raw = Vec::new();
-        let mut line_no = 0usize;
-        loop {
-            raw.clear();
-            match reader.read_until(b'\n', &mut raw) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(_) => return None,
-            }
-            line_no += 1;
-            let text = match std::str::from_utf8(&raw) {
-                Ok(t) => t.trim(),
-                Err(e) => {
-                    return Some(Error::Parse {
-                        path: path.clone(),
-                        line: Some(line_no),
-                        column: None,
-                        message: format!("invalid UTF-8 at byte {}", e.valid_up_to() + 1),
-                    });
-                }
-            };
+    files.iter().find_map(|path| {
+        for_each_line(path, |line_no, text| {
+            let text = text.trim();
             if text.is_empty() {
-                continue;
+                return None;
             }
-            match serde_json::from_str::<serde_json::Value>(text) {
-                Ok(serde_json::Value::Object(_)) => {}
-                Ok(other) => {
-                    return Some(Error::Parse {
-                        path: path.clone(),
-                        line: Some(line_no),
-                        column: None,
-                        message: format!("expected a JSON object, found {}", json_kind(&other)),
-                    });
-                }
-                Err(e) => {
-                    return Some(Error::Parse {
-                        path: path.clone(),
-                        line: Some(line_no),
-                        column: None,
-                        message: format!("invalid JSON at character {}: {e}", e.column()),
-                    });
-                }
+            let message = match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(_)) => return None,
+                Ok(other) => format!("expected a JSON object, found {}", json_kind(&other)),
+                Err(e) => format!("invalid JSON at character {}: {e}", e.column()),
+            };
+            Some(Error::Parse { path: path.clone(), line: Some(line_no), column: None, message })
+        })
+    })
+}
+
+/// Calls `f` with each line of `path` (1-based number, text with its line break) until it
+/// returns an error; a line that is not UTF-8 is itself the error. Read failures end the
+/// diagnosis quietly (the original error is reported instead).
+fn for_each_line(path: &Path, mut f: impl FnMut(usize, &str) -> Option<Error>) -> Option<Error> {
+    let mut reader = BufReader::new(std::fs::File::open(path).ok()?);
+    let mut raw = Vec::new();
+    let mut line_no = 0usize;
+    loop {
+        raw.clear();
+        match reader.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        }
+        line_no += 1;
+        let found = match std::str::from_utf8(&raw) {
+            Ok(text) => f(line_no, text),
+            Err(e) => {
+                let good = std::str::from_utf8(&raw[..e.valid_up_to()]).unwrap_or_default();
+                Some(Error::Parse {
+                    path: path.to_path_buf(),
+                    line: Some(line_no),
+                    column: None,
+                    message: format!(
+                        "invalid UTF-8 at character {} (byte 0x{:02x}); save the file as UTF-8",
+                        good.chars().count() + 1,
+                        raw[e.valid_up_to()]
+                    ),
+                })
             }
+        };
+        if found.is_some() {
+            return found;
         }
     }
-    None
 }
 
 fn json_kind(v: &serde_json::Value) -> &'static str {

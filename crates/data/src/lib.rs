@@ -46,6 +46,7 @@ mod split;
 mod stats;
 mod synthetic;
 pub mod tensors;
+mod util;
 mod validate;
 pub mod version;
 

@@ -33,6 +33,7 @@ use polars::prelude::{DataFrame, DataType};
 use serde::{Deserialize, Serialize};
 
 use crate::split::{Fold, Split};
+use crate::stats::quantile_sorted;
 use crate::{Dataset, Error, Result};
 
 /// The document format written by this version.
@@ -381,7 +382,7 @@ impl CastColumn {
                 available: frame.get_column_names().iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", "),
             })?
             .as_materialized_series();
-        Ok(if series.dtype().is_primitive_numeric() || series.dtype() == &DataType::Boolean {
+        Ok(if crate::util::is_number_dtype(series.dtype()) {
             Self { kind: InputKind::Number, series: series.cast(&DataType::Float64)? }
         } else {
             Self { kind: InputKind::Text, series: series.cast(&DataType::String)? }
@@ -409,16 +410,6 @@ fn sorted_numbers<'a>(cells: impl Iterator<Item = Cell<'a>>) -> Vec<f64> {
     let mut v = finite_numbers(cells);
     v.sort_unstable_by(f64::total_cmp);
     v
-}
-
-/// NumPy's linear quantile of sorted values (`q` in [0, 1]).
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * q;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    let t = h - lo as f64;
-    let (a, b) = (sorted[lo], sorted[hi]);
-    if t >= 0.5 { b - (b - a) * (1.0 - t) } else { a + (b - a) * t }
 }
 
 /// scikit-learn's `_handle_zeros_in_scale`: a spread too small to divide by becomes 1.
@@ -460,11 +451,7 @@ impl Pipeline {
         let mut kinds: HashMap<String, InputKind> = HashMap::new();
         for name in &names {
             let dtype = frame.column(name)?.dtype();
-            let kind = if dtype.is_primitive_numeric() || dtype == &DataType::Boolean {
-                InputKind::Number
-            } else {
-                InputKind::Text
-            };
+            let kind = if crate::util::is_number_dtype(dtype) { InputKind::Number } else { InputKind::Text };
             kinds.insert(name.clone(), kind);
         }
         let mut taken: Vec<String> = self.exclude.clone();
@@ -551,7 +538,7 @@ fn fit_column(step: &Step, column: &str, cast: &CastColumn, source: &str) -> Res
                     if v.is_empty() {
                         return Err(bad("no values to take the median of".into()));
                     }
-                    Value::Number(quantile(&v, 0.5))
+                    Value::Number(quantile_sorted(&v, 0.5))
                 }
                 ImputeStrategy::MostFrequent => {
                     let mut counts: HashMap<std::borrow::Cow<'_, str>, (usize, Cell<'_>)> = HashMap::new();
@@ -624,8 +611,8 @@ fn fit_column(step: &Step, column: &str, cast: &CastColumn, source: &str) -> Res
             if v.is_empty() {
                 return Err(bad("no values to fit a scaler on".into()));
             }
-            let spread = quantile(&v, q_hi / 100.0) - quantile(&v, q_lo / 100.0);
-            FittedTransform::Affine { offset: quantile(&v, 0.5), scale: nonzero(spread) }
+            let spread = quantile_sorted(&v, q_hi / 100.0) - quantile_sorted(&v, q_lo / 100.0);
+            FittedTransform::Affine { offset: quantile_sorted(&v, 0.5), scale: nonzero(spread) }
         }
         Some(Transform::OneHot { handle_unknown, min_frequency }) => {
             let counts = category_counts(filled()?);
@@ -872,24 +859,13 @@ impl FittedPipeline {
     /// Reads a document written by [`FittedPipeline::to_json`]. Nothing is executed; a
     /// document of another format or format version is refused.
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("pipeline JSON: {e}")))?;
-        if value.get("format").and_then(serde_json::Value::as_str) != Some("kiln-pipeline") {
-            return Err(Error::InvalidArgument(
-                "not a kiln pipeline document (format is not \"kiln-pipeline\")".into(),
-            ));
-        }
-        match value.get("format_version").and_then(serde_json::Value::as_u64) {
-            Some(v) if v == u64::from(PIPELINE_FORMAT) => {}
-            Some(v) => {
-                return Err(Error::InvalidArgument(format!(
-                    "pipeline format version {v}; this kiln reads version {PIPELINE_FORMAT}"
-                )));
-            }
-            None => return Err(Error::InvalidArgument("pipeline JSON: no format_version".into())),
-        }
-        let fitted: Self =
-            serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("pipeline JSON: {e}")))?;
+        let fitted: Self = crate::util::read_versioned_json(
+            text,
+            "pipeline",
+            Some("kiln-pipeline"),
+            PIPELINE_FORMAT,
+            ("format version", "version"),
+        )?;
         let widths: usize = fitted.columns.iter().map(FittedColumn::width).sum();
         if widths != fitted.output_features.len() {
             return Err(Error::InvalidArgument(format!(

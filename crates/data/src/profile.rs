@@ -11,6 +11,7 @@ use polars::prelude::DataFrame;
 use serde::{Deserialize, Serialize};
 
 use crate::drift::{DatasetDrift, DriftOptions, Sample, column_sample};
+use crate::stats::{equal_width_edges, histogram_counts, quantile_sorted};
 use crate::{Error, Result, SplitMix64};
 
 /// What to compute in a profile.
@@ -202,18 +203,7 @@ impl DatasetProfile {
     /// Reads a profile written by [`DatasetProfile::to_json`]; a profile of another format
     /// version is an error.
     pub fn from_json(text: &str) -> Result<Self> {
-        let value: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| Error::InvalidArgument(format!("profile JSON: {e}")))?;
-        match value.get("format_version").and_then(serde_json::Value::as_u64) {
-            Some(v) if v == u64::from(PROFILE_FORMAT) => {}
-            Some(v) => {
-                return Err(Error::InvalidArgument(format!(
-                    "profile format {v}; this kiln reads format {PROFILE_FORMAT}"
-                )));
-            }
-            None => return Err(Error::InvalidArgument("profile JSON: no format_version".into())),
-        }
-        serde_json::from_value(value).map_err(|e| Error::InvalidArgument(format!("profile JSON: {e}")))
+        crate::util::read_versioned_json(text, "profile", None, PROFILE_FORMAT, ("format", "format"))
     }
 }
 
@@ -231,41 +221,13 @@ fn numeric_stats(values: &[f64], options: &ProfileOptions) -> Option<NumericStat
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let (min, max) = (sorted[0], sorted[sorted.len() - 1]);
-    let quantiles = options.quantiles.iter().map(|q| (*q, quantile(&sorted, *q))).collect();
+    let quantiles = options.quantiles.iter().map(|q| (*q, quantile_sorted(&sorted, *q))).collect();
     Some(NumericStats { mean, std, min, max, quantiles, histogram: histogram(&sorted, options.bins) })
 }
 
-/// NumPy's default (linear) quantile of sorted values.
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    let h = (sorted.len() - 1) as f64 * q;
-    let lo = h.floor() as usize;
-    let hi = (lo + 1).min(sorted.len() - 1);
-    let t = h - lo as f64;
-    let (a, b) = (sorted[lo], sorted[hi]);
-    // NumPy's _lerp: from the nearer end, so q = 1 gives the maximum exactly.
-    if t >= 0.5 { b - (b - a) * (1.0 - t) } else { a + (b - a) * t }
-}
-
 fn histogram(sorted: &[f64], bins: usize) -> Histogram {
-    let (mut lo, mut hi) = (sorted[0], sorted[sorted.len() - 1]);
-    if lo == hi {
-        lo -= 0.5;
-        hi += 0.5;
-    }
-    let step = (hi - lo) / bins as f64;
-    let mut edges: Vec<f64> = (0..=bins).map(|i| i as f64 * step + lo).collect();
-    edges[bins] = hi;
-    let mut counts = vec![0u64; bins];
-    for (i, count) in counts.iter_mut().enumerate() {
-        let start = sorted.partition_point(|v| *v < edges[i]);
-        let end = if i + 1 == bins {
-            sorted.partition_point(|v| *v <= edges[i + 1])
-        } else {
-            sorted.partition_point(|v| *v < edges[i + 1])
-        };
-        *count = (end - start) as u64;
-    }
-    Histogram { edges, counts }
+    let edges = equal_width_edges(sorted[0], sorted[sorted.len() - 1], bins);
+    Histogram { counts: histogram_counts(sorted, &edges), edges }
 }
 
 fn categorical_stats(values: &[String], top: usize) -> CategoricalStats {

@@ -98,6 +98,35 @@ pub(crate) fn normal_sf(z: f64) -> f64 {
     0.5 * erfc(z / std::f64::consts::SQRT_2)
 }
 
+/// NumPy's default (linear) quantile of sorted, non-empty values, `q` in [0, 1]. Like NumPy's
+/// `_lerp`, it interpolates from the nearer end, so `q = 1` gives the maximum exactly.
+pub(crate) fn quantile_sorted(sorted: &[f64], q: f64) -> f64 {
+    let h = (sorted.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = (lo + 1).min(sorted.len() - 1);
+    let t = h - lo as f64;
+    let (a, b) = (sorted[lo], sorted[hi]);
+    if t >= 0.5 { b - (b - a) * (1.0 - t) } else { a + (b - a) * t }
+}
+
+/// `bins + 1` equal-width edges from `lo` to `hi` as `np.linspace` makes them (`lo + i·step`,
+/// the last exactly `hi`); an empty range is widened by 0.5 on each side, as NumPy does.
+pub(crate) fn equal_width_edges(lo: f64, hi: f64, bins: usize) -> Vec<f64> {
+    let (lo, hi) = if lo == hi { (lo - 0.5, hi + 0.5) } else { (lo, hi) };
+    let step = (hi - lo) / bins as f64;
+    let mut edges: Vec<f64> = (0..=bins).map(|i| i as f64 * step + lo).collect();
+    edges[bins] = hi;
+    edges
+}
+
+/// `np.histogram(sorted, edges)[0]`: values per bin `[e_i, e_{i+1})`, the last bin closed.
+pub(crate) fn histogram_counts(sorted: &[f64], edges: &[f64]) -> Vec<u64> {
+    let bins = edges.len() - 1;
+    let mut cumulative: Vec<usize> = edges[..bins].iter().map(|e| sorted.partition_point(|v| v < e)).collect();
+    cumulative.push(sorted.partition_point(|v| *v <= edges[bins]));
+    cumulative.windows(2).map(|w| (w[1] - w[0]) as u64).collect()
+}
+
 /// The most lattice cells the exact Kolmogorov–Smirnov p-value may visit; beyond it the
 /// asymptotic distribution is used.
 const KS_EXACT_BUDGET: u128 = 500_000_000;

@@ -251,6 +251,21 @@ impl ColumnSpec {
                 };
             }
         }
+        self.check_text_rules(s, pattern)
+    }
+
+    /// Whether the column has rules on the text of its values (pattern, length).
+    fn has_text_rules(&self) -> bool {
+        self.pattern.is_some() || self.length.is_some()
+    }
+
+    /// The pattern and length rules, on a value's text (a number's rendering, for a column
+    /// read as numbers).
+    fn check_text_rules(
+        &self,
+        s: &str,
+        pattern: Option<&regex::Regex>,
+    ) -> std::result::Result<(), (&'static str, String)> {
         if let Some(re) = pattern
             && !re.is_match(s)
         {
@@ -309,18 +324,15 @@ fn check_column(spec: &ColumnSpec, data: &Dataset) -> Result<ColumnCheck> {
     // Unique: the rows of every value seen more than once.
     let mut seen: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
     // Text rules (pattern, length) also hold for a column read as numbers: on its rendering.
-    let text_rules = |rendered: String| -> std::result::Result<(), (&'static str, String)> {
-        if spec.pattern.is_none() && spec.length.is_none() {
-            return Ok(());
-        }
-        let as_text = ColumnSpec { kind: ColumnKind::Text, ..spec.clone() };
-        as_text.check_text(&rendered, pattern.as_ref())
+    // Rendered only when the column has text rules: no allocation per value otherwise.
+    let text_rules = |render: &dyn Fn() -> String| {
+        if spec.has_text_rules() { spec.check_text_rules(&render(), pattern.as_ref()) } else { Ok(()) }
     };
     if series.dtype().is_integer() {
         // Exactly, as 64-bit integers: large ids must not collide or round through f64.
         let cast = series.cast(&DataType::Int64)?;
         for (i, v) in cast.i64()?.iter().enumerate() {
-            push(i, v.map_or_else(missing, |v| spec.check_integer(v).and_then(|()| text_rules(v.to_string()))));
+            push(i, v.map_or_else(missing, |v| spec.check_integer(v).and_then(|()| text_rules(&|| v.to_string()))));
             if spec.unique
                 && let Some(v) = v
             {
@@ -330,7 +342,7 @@ fn check_column(spec: &ColumnSpec, data: &Dataset) -> Result<ColumnCheck> {
     } else if series.dtype().is_primitive_numeric() {
         let cast = series.cast(&DataType::Float64)?;
         for (i, v) in cast.f64()?.iter().enumerate() {
-            push(i, v.map_or_else(missing, |v| spec.check_number(v).and_then(|()| text_rules(format_number(v)))));
+            push(i, v.map_or_else(missing, |v| spec.check_number(v).and_then(|()| text_rules(&|| format_number(v)))));
             if spec.unique
                 && let Some(v) = v
             {
@@ -896,7 +908,7 @@ fn coerce(series: &polars::prelude::Series, kind: &ColumnKind, name: &str) -> Re
     use polars::prelude::{Float64Chunked, Int64Chunked, IntoSeries, NewChunkedArray};
     let numbers: Vec<Option<f64>> = if series.dtype() == &DataType::String {
         series.str()?.iter().map(|v| v.and_then(|s| s.trim().parse::<f64>().ok())).collect()
-    } else if series.dtype().is_primitive_numeric() || series.dtype() == &DataType::Boolean {
+    } else if crate::util::is_number_dtype(series.dtype()) {
         series.cast(&DataType::Float64)?.f64()?.iter().collect()
     } else {
         Vec::new()

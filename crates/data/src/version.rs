@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::util::{relative_slash, walk_files};
 use crate::{Dataset, Error, Result};
 
 /// What is known about a file whose digest was computed before.
@@ -146,33 +147,8 @@ pub fn hash_file(path: &Path) -> Result<String> {
 /// Every regular file under `dir`, as (path, `/`-separated relative path), sorted by the
 /// relative path. Symbolic links are followed; hidden files are included.
 fn walk(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    // Directories already walked, by canonical path: a symbolic link cycle ends here.
-    let mut seen = std::collections::HashSet::new();
-    while let Some(d) = stack.pop() {
-        if !seen.insert(std::fs::canonicalize(&d).unwrap_or_else(|_| d.clone())) {
-            continue;
-        }
-        let entries = std::fs::read_dir(&d).map_err(|source| Error::Io { path: d.clone(), source })?;
-        for entry in entries {
-            let entry = entry.map_err(|source| Error::Io { path: d.clone(), source })?;
-            let path = entry.path();
-            let meta = std::fs::metadata(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-            if meta.is_dir() {
-                stack.push(path);
-            } else if meta.is_file() {
-                let rel = path
-                    .strip_prefix(dir)
-                    .map_err(|_| Error::InvalidArgument(format!("{} is not under {}", path.display(), dir.display())))?
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                out.push((path, rel));
-            }
-        }
-    }
+    let mut out: Vec<(PathBuf, String)> =
+        walk_files(dir, false)?.into_iter().filter_map(|p| relative_slash(&p, dir).map(|rel| (p, rel))).collect();
     out.sort_by(|a, b| a.1.cmp(&b.1));
     Ok(out)
 }
