@@ -31,44 +31,72 @@ fn bench_dir() -> PathBuf {
     target.join("kiln-bench")
 }
 
-fn logging(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path()).expect("store");
-    let mut run = store.run_builder("bench").capture_environment(false).start().expect("run");
-    const POINTS: u64 = 1_000_000;
-    let mut group = c.benchmark_group("track/log_metric");
-    group.throughput(Throughput::Elements(POINTS));
-    group.sample_size(10);
+/// A run that metrics can be logged to, local or remote.
+trait Logger {
+    fn log(&mut self, key: &str, step: u64, value: f64);
+    fn flush(&mut self);
+}
+
+impl Logger for kiln::track::Run {
+    fn log(&mut self, key: &str, step: u64, value: f64) {
+        self.log_metric(key, step, value).expect("log");
+    }
+    fn flush(&mut self) {
+        kiln::track::Run::flush(self).expect("flush");
+    }
+}
+
+impl Logger for kiln::track::client::RemoteRun {
+    fn log(&mut self, key: &str, step: u64, value: f64) {
+        self.log_metric(key, step, value).expect("log");
+    }
+    fn flush(&mut self) {
+        kiln::track::client::RemoteRun::flush(self).expect("flush");
+    }
+}
+
+/// Throughput of `points` calls over 10 keys then a flush (criterion), and the latency of
+/// each call timed one by one (criterion reports means; the target is on the tail).
+fn throughput_and_latency(c: &mut Criterion, group: &str, label: &str, points: u64, run: &mut impl Logger) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(points));
+    g.sample_size(10);
     let mut step = 0u64;
-    group.bench_function("1M points, 10 keys, then flush (fsync)", |b| {
+    g.bench_function(label, |b| {
         b.iter(|| {
-            for i in 0..POINTS {
-                run.log_metric(METRICS[(i % 10) as usize], step, black_box(i as f64)).expect("log");
+            for i in 0..points {
+                run.log(METRICS[(i % 10) as usize], step, black_box(i as f64));
                 step += (i % 10 == 9) as u64;
             }
-            run.flush().expect("flush");
+            run.flush();
         })
     });
-    group.finish();
+    g.finish();
 
-    // Criterion reports means; the target is on the tail, so time each call.
-    let mut samples = Vec::with_capacity(POINTS as usize);
-    for i in 0..POINTS {
+    let mut samples = Vec::with_capacity(points as usize);
+    for i in 0..points {
         let t = Instant::now();
-        run.log_metric(METRICS[(i % 10) as usize], step, i as f64).expect("log");
+        run.log(METRICS[(i % 10) as usize], step, i as f64);
         samples.push(t.elapsed());
         step += (i % 10 == 9) as u64;
     }
-    run.flush().expect("flush");
+    run.flush();
     samples.sort_unstable();
     let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
     println!(
-        "track/log_metric call latency over {POINTS} calls: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
+        "{group} call latency over {points} calls: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
         q(0.5),
         q(0.99),
         q(0.999),
         samples[samples.len() - 1]
     );
+}
+
+fn logging(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("store");
+    let mut run = store.run_builder("bench").capture_environment(false).start().expect("run");
+    throughput_and_latency(c, "track/log_metric", "1M points, 10 keys, then flush (fsync)", 1_000_000, &mut run);
     run.finish().expect("finish");
 }
 
@@ -84,40 +112,14 @@ fn remote(c: &mut Criterion) {
     let server = TrackingServer::start(store, config).expect("server");
     let client = Client::new(&server.url()).with_spool(dir.path().join("spool"));
     let mut run = client.run_builder("bench").capture_environment(false).start().expect("run");
-    const POINTS: u64 = 200_000;
-    let mut group = c.benchmark_group("track/remote");
-    group.throughput(Throughput::Elements(POINTS));
-    group.sample_size(10);
-    let mut step = 0u64;
-    group.bench_function("200k points, 10 keys, then flush (on the server's disk)", |b| {
-        b.iter(|| {
-            for i in 0..POINTS {
-                run.log_metric(METRICS[(i % 10) as usize], step, black_box(i as f64)).expect("log");
-                step += (i % 10 == 9) as u64;
-            }
-            run.flush().expect("flush");
-        })
-    });
-    group.finish();
-
-    let mut samples = Vec::with_capacity(POINTS as usize);
-    for i in 0..POINTS {
-        let t = Instant::now();
-        run.log_metric(METRICS[(i % 10) as usize], step, i as f64).expect("log");
-        samples.push(t.elapsed());
-        step += (i % 10 == 9) as u64;
-    }
-    run.flush().expect("flush");
-    assert!(!run.is_spooling(), "the benchmark must measure the server, not the spool");
-    samples.sort_unstable();
-    let q = |p: f64| samples[((samples.len() as f64 * p) as usize).min(samples.len() - 1)];
-    println!(
-        "track/remote log_metric call latency over {POINTS} calls: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
-        q(0.5),
-        q(0.99),
-        q(0.999),
-        samples[samples.len() - 1]
+    throughput_and_latency(
+        c,
+        "track/remote",
+        "200k points, 10 keys, then flush (on the server's disk)",
+        200_000,
+        &mut run,
     );
+    assert!(!run.is_spooling(), "the benchmark must measure the server, not the spool");
     run.finish().expect("finish");
     server.shutdown().expect("shutdown");
 }

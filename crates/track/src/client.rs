@@ -40,7 +40,7 @@ use crate::api::{
 };
 use crate::artifacts::checked_relative;
 use crate::fsutil::{self, now_ms, write_json};
-use crate::run::{EnvSource, RunMeta, flatten, to_value};
+use crate::run::{EnvSource, RunMeta, checked_params, to_value};
 use crate::store::new_run_id;
 use crate::{ArtifactKind, DatasetInput, Environment, Error, Result, Run, RunRecord, RunStatus, Store};
 
@@ -654,18 +654,7 @@ impl RemoteRun {
     }
 
     fn merge_params(&mut self, prefix: &str, value: serde_json::Value) -> Result<()> {
-        let mut flat = BTreeMap::new();
-        flatten(prefix, value, &mut flat);
-        if let Some(key) = flat.keys().find(|k| k.is_empty()) {
-            return Err(Error::InvalidName { what: "parameter", name: key.clone(), reason: "it is empty" });
-        }
-        for (key, value) in &flat {
-            if let Some(old) = self.params.get(key)
-                && old != value
-            {
-                return Err(Error::ParamConflict { key: key.clone(), old: old.to_string(), new: value.to_string() });
-            }
-        }
+        let flat = checked_params(&self.params, prefix, value, false)?;
         self.params.extend(flat.clone());
         self.pending.params.extend(flat);
         // Rare and precious: sent now rather than left in the buffer with the metrics.

@@ -381,24 +381,7 @@ impl Run {
     }
 
     fn merge_params(&mut self, prefix: &str, value: serde_json::Value, overwrite: bool) -> Result<()> {
-        let mut flat = BTreeMap::new();
-        flatten(prefix, value, &mut flat);
-        if let Some(key) = flat.keys().find(|k| k.is_empty()) {
-            return Err(Error::InvalidName { what: "parameter", name: key.clone(), reason: "it is empty" });
-        }
-        if !overwrite {
-            for (key, value) in &flat {
-                if let Some(old) = self.params.get(key)
-                    && old != value
-                {
-                    return Err(Error::ParamConflict {
-                        key: key.clone(),
-                        old: old.to_string(),
-                        new: value.to_string(),
-                    });
-                }
-            }
-        }
+        let flat = checked_params(&self.params, prefix, value, overwrite)?;
         self.params.extend(flat);
         write_json(&self.dir.join("params.json"), &self.params)
     }
@@ -575,7 +558,29 @@ pub(crate) fn to_value(value: impl Serialize) -> Result<serde_json::Value> {
     serde_json::to_value(value).map_err(|e| Error::InvalidValue(e.to_string()))
 }
 
-pub(crate) fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+/// `value` flattened to dotted keys under `prefix`, refused when a key is empty or, unless
+/// `overwrite`, when it was logged before in `existing` with another value.
+pub(crate) fn checked_params(
+    existing: &BTreeMap<String, serde_json::Value>,
+    prefix: &str,
+    value: serde_json::Value,
+    overwrite: bool,
+) -> Result<BTreeMap<String, serde_json::Value>> {
+    let mut flat = BTreeMap::new();
+    flatten(prefix, value, &mut flat);
+    if let Some(key) = flat.keys().find(|k| k.is_empty()) {
+        return Err(Error::InvalidName { what: "parameter", name: key.clone(), reason: "it is empty" });
+    }
+    if !overwrite
+        && let Some((key, value, old)) =
+            flat.iter().find_map(|(k, v)| existing.get(k).filter(|old| *old != v).map(|old| (k, v, old)))
+    {
+        return Err(Error::ParamConflict { key: key.clone(), old: old.to_string(), new: value.to_string() });
+    }
+    Ok(flat)
+}
+
+fn flatten(prefix: &str, value: serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
     match value {
         serde_json::Value::Object(map) if !map.is_empty() => {
             for (k, v) in map {
