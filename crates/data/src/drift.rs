@@ -108,13 +108,7 @@ impl DriftTest {
 
     /// Evidently's default test for a column (see the module docs).
     pub fn default_for(reference: &Sample, current: &Sample) -> Self {
-        let distinct = {
-            let mut keys = reference.keys();
-            keys.extend(current.keys());
-            keys.sort_unstable();
-            keys.dedup();
-            keys.len()
-        };
+        let distinct = distinct(reference.keys().into_iter().chain(current.keys()));
         let numeric = matches!(reference, Sample::Numeric(_)) && distinct > 5;
         let small = reference.len() <= 1000;
         match (small, numeric) {
@@ -223,11 +217,21 @@ fn counts<'a>(keys: &[Key<'a>]) -> HashMap<Key<'a>, u64> {
     out
 }
 
-fn union<'a>(a: &HashMap<Key<'a>, u64>, b: &HashMap<Key<'a>, u64>) -> Vec<Key<'a>> {
-    let mut keys: Vec<Key<'a>> = a.keys().chain(b.keys()).copied().collect();
+/// The distinct keys, sorted.
+fn sorted_distinct<'a>(keys: impl IntoIterator<Item = Key<'a>>) -> Vec<Key<'a>> {
+    let mut keys: Vec<Key<'a>> = keys.into_iter().collect();
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+/// How many distinct values `keys` holds.
+fn distinct<'a>(keys: impl IntoIterator<Item = Key<'a>>) -> usize {
+    sorted_distinct(keys).len()
+}
+
+fn union<'a>(a: &HashMap<Key<'a>, u64>, b: &HashMap<Key<'a>, u64>) -> Vec<Key<'a>> {
+    sorted_distinct(a.keys().chain(b.keys()).copied())
 }
 
 /// Value counts of both samples and every value seen in either, sorted; `None` when a sample
@@ -337,12 +341,7 @@ pub fn jensen_shannon(p: &[f64], q: &[f64]) -> f64 {
 /// for numeric columns with more than 20 distinct reference values; one bin per value
 /// otherwise). With `fill_zeros`, empty bins get a small share (as Evidently does for PSI).
 fn binned_shares(reference: &Sample, current: &Sample, fill_zeros: bool) -> (Vec<f64>, Vec<f64>) {
-    let distinct_reference = {
-        let mut keys = reference.keys();
-        keys.sort_unstable();
-        keys.dedup();
-        keys.len()
-    };
+    let distinct_reference = distinct(reference.keys());
     let (mut p, mut q) = match (reference, current) {
         (Sample::Numeric(r), Sample::Numeric(c)) if distinct_reference > 20 => {
             let edges = sturges_edges(r.iter().chain(c.iter()).copied());

@@ -439,12 +439,13 @@ impl AppState {
         // Claim the id with an empty slot, locked before the map is released: requests for
         // this run wait on the slot while it is reopened, requests for other runs do not wait
         // at all (reopening reads the run's segments).
-        let placeholder = Arc::new(Mutex::new(Slot { run: None, last_contact: Instant::now() }));
+        let placeholder;
         let mut claimed = {
             let mut open = lock(&self.open);
             if let Some(slot) = open.get(id) {
                 return Ok(slot.clone());
             }
+            placeholder = Arc::new(Mutex::new(Slot { run: None, last_contact: Instant::now() }));
             open.insert(id.to_string(), placeholder.clone());
             lock(&placeholder)
         };
