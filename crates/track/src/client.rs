@@ -945,12 +945,7 @@ impl Uplink {
             }
         }
         let Some((store, run)) = self.spool.take() else { return Ok(()) };
-        let reason = end.error.as_deref().unwrap_or("");
-        match end.status {
-            RunStatus::Completed => run.finish()?,
-            RunStatus::Failed => run.fail(reason)?,
-            _ => run.kill(reason)?,
-        }
+        run.end_as(&end)?;
         // Push now if the server is back; otherwise the spool keeps it for `kiln push`.
         let record = store.run(self.id())?;
         match self.client.push_run(&store, &record) {

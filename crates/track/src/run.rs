@@ -511,6 +511,13 @@ impl Run {
         self.end(RunStatus::Killed, Some(reason.to_string()))
     }
 
+    /// Ends the run as a remote client asked: `Running` is not an end and ends it as killed.
+    pub(crate) fn end_as(mut self, end: &crate::api::EndRun) -> Result<()> {
+        let status = if end.status == RunStatus::Running { RunStatus::Killed } else { end.status };
+        let error = if status == RunStatus::Completed { None } else { Some(end.error.clone().unwrap_or_default()) };
+        self.end(status, error)
+    }
+
     fn end(&mut self, status: RunStatus, error: Option<String>) -> Result<()> {
         self.done = true;
         let flushed = self.sink.close();

@@ -575,12 +575,7 @@ impl AppState {
                     open.remove(id);
                 }
             }
-            let reason = end.error.as_deref().unwrap_or("");
-            match end.status {
-                RunStatus::Completed => run.finish()?,
-                RunStatus::Failed => run.fail(reason)?,
-                _ => run.kill(reason)?,
-            }
+            run.end_as(&end)?;
             return Ok(RunSummary::from_record(&self.store.run(id)?));
         }
         Err(Error::Server(format!("run {id} keeps being ended while a request uses it")))
