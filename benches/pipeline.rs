@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
-use kiln::train::{DeviceSpec, Examples, ModelPackage, PackageSpec, TrainConfig, train};
+use kiln::train::{DeviceSpec, Examples, ModelConfig, ModelPackage, PackageSpec, TrainConfig, train};
 
 /// data/digits.csv of this checkout (`cargo bench` sets CARGO_MANIFEST_DIR at run time).
 fn digits() -> String {
@@ -50,7 +50,8 @@ fn predict(c: &mut Criterion) {
     scaler.transform(&mut x).expect("transform");
     let examples = Examples::new(x.mapv(|v| v as f32), encoder.encode(&labels).expect("encode")).expect("examples");
     let config = TrainConfig { epochs: 2, device: DeviceSpec::Cpu, ..TrainConfig::default() };
-    let trained = train(&config, encoder.len(), &examples, None, None, &mut |_| {}).expect("train");
+    let model = ModelConfig::mlp(examples.x.ncols(), &[128, 64], encoder.len());
+    let trained = train(&config, &model, &examples, None, None, &mut ()).expect("train");
     let dir = std::env::temp_dir().join(format!("kiln-bench-{}", std::process::id()));
     ModelPackage::new(
         &trained,

@@ -13,7 +13,10 @@ use anyhow::{Context, Result};
 use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
 use kiln::serve::{Client, LoadedModel, ServerHandle};
 use kiln::track::{DatasetInput, RegisterOptions, Store};
-use kiln::train::{ClassificationReport, Examples, Lineage, ModelPackage, PackageSpec, TrainConfig, train};
+use kiln::train::{
+    Activation, ClassificationReport, EpochReport, Examples, Lineage, MlpConfig, ModelConfig, ModelPackage,
+    PackageSpec, TrainConfig, train,
+};
 use ndarray::{Array2, Axis};
 
 const EXPERIMENT: &str = "digits";
@@ -77,7 +80,16 @@ fn main() -> Result<()> {
         seed: SEED,
         ..TrainConfig::default()
     };
+    let model = ModelConfig::Mlp(MlpConfig {
+        inputs: features.len(),
+        hidden: vec![128, 64],
+        classes: encoder.len(),
+        activation: Activation::Relu,
+        dropout: 0.1,
+        batch_norm: false,
+    });
     run.log_params(&config)?;
+    run.log_params(&serde_json::json!({ "model": &model, "model.num_params": model.num_params() }))?;
     run.log_param("split_seed", SEED)?;
     run.log_param("dataset", data_path)?;
     run.log_input(DatasetInput {
@@ -88,7 +100,7 @@ fn main() -> Result<()> {
         context: Some("train/validation/test".into()),
     })?;
     println!("run {} in {} (store {})", run.id(), EXPERIMENT, store.root().display());
-    let trained = train(&config, encoder.len(), &train_set, Some(&val_set), Some(&mut run), &mut |e| {
+    let trained = train(&config, &model, &train_set, Some(&val_set), Some(&mut run), &mut |e: &EpochReport| {
         println!(
             "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  ({:.2}s)",
             e.epoch,

@@ -12,7 +12,7 @@ use crate::error::{IoContext, Result};
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `bytes` to `path` atomically and durably.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).at(dir)?;
     let tmp = unique_tmp(dir, path.file_name().and_then(|n| n.to_str()).unwrap_or("file"));
@@ -30,7 +30,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// A name for a temporary file in `dir` that no other process or thread uses.
-pub(crate) fn unique_tmp(dir: &Path, stem: &str) -> std::path::PathBuf {
+pub fn unique_tmp(dir: &Path, stem: &str) -> std::path::PathBuf {
     dir.join(format!(
         ".{stem}.tmp-{}-{}-{}",
         crate::env::hostname(),
@@ -74,7 +74,7 @@ pub(crate) fn entries_or_empty(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
 }
 
 /// Syncs a directory so that a rename or a new entry in it survives a crash.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     // Opening a directory read-only and fsyncing it is how POSIX makes entries durable.
     File::open(dir).and_then(|d| d.sync_all()).at(dir)
 }

@@ -81,5 +81,11 @@ pub use run::{DatasetInput, HEARTBEAT_STALE_MS, Heartbeat, MetricPoint, Run, Run
 pub use store::{FORMAT_VERSION, RunBuilder, STORE_ENV, Store};
 pub use sync::SyncReport;
 
+/// The crash-safety primitives the store is built on, for other kiln crates that keep files
+/// on the same shared file systems (checkpoints, packages).
+pub mod durable {
+    pub use crate::fsutil::{sync_dir, unique_tmp, write_atomic};
+}
+
 /// Re-exported so callers can use query results without naming a Polars version.
 pub use polars::prelude::DataFrame;

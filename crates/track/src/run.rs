@@ -512,6 +512,7 @@ impl Run {
     }
 
     /// Ends the run as a remote client asked: `Running` is not an end and ends it as killed.
+    #[cfg_attr(not(any(feature = "server", feature = "client")), allow(dead_code))]
     pub(crate) fn end_as(mut self, end: &crate::api::EndRun) -> Result<()> {
         let status = if end.status == RunStatus::Running { RunStatus::Killed } else { end.status };
         let error = if status == RunStatus::Completed { None } else { Some(end.error.clone().unwrap_or_default()) };

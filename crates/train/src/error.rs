@@ -55,12 +55,45 @@ pub enum Error {
     /// burn failed to record or load weights.
     #[error("weights: {0}")]
     Weights(String),
-    /// Training produced a non-finite loss.
-    #[error("training diverged at epoch {epoch}: loss is {loss}")]
+    /// Training produced a non-finite loss or gradient; nothing after the last good checkpoint
+    /// was kept.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: the {quantity} is {value}; {}",
+        match checkpoint {
+            Some(p) => format!("the last good checkpoint is {}", p.display()),
+            None => "no checkpoint was written (set `checkpoint` to keep one)".to_string(),
+        }
+    )]
     Diverged {
         /// The epoch.
         epoch: usize,
-        /// The loss value.
-        loss: f64,
+        /// The optimiser step that would have used it.
+        step: u64,
+        /// `loss` or `gradient norm`.
+        quantity: &'static str,
+        /// The non-finite value.
+        value: f64,
+        /// The last checkpoint written before it.
+        checkpoint: Option<PathBuf>,
+    },
+    /// A feature value given for training is NaN or infinite.
+    #[error("{set} row {row}, feature {feature}: {value} is not a finite number (impute or drop such rows first)")]
+    NonFinite {
+        /// `training` or `validation`.
+        set: &'static str,
+        /// 0-based row of the feature matrix.
+        row: usize,
+        /// 0-based column of the feature matrix.
+        feature: usize,
+        /// The value.
+        value: f32,
+    },
+    /// A checkpoint is damaged, from an unknown format, or from a different training.
+    #[error("{}: {message}", path.display())]
+    Checkpoint {
+        /// The checkpoint file or directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
     },
 }

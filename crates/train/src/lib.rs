@@ -1,9 +1,18 @@
 //! Training, evaluation and model packages for kiln, on [burn](https://burn.dev) 0.21.
 //!
-//! [`train`] fits an [`Mlp`] classifier with Adam and cross-entropy on burn's `Flex` CPU
-//! backend, or on CUDA with the `cuda` feature. Device choice is explicit (`cpu`, `cuda:N`)
-//! or `auto` ([`DeviceSpec`]); `auto` probes for a driver without letting burn panic and falls
-//! back to the CPU with a log line. Each epoch's metrics go to a kiln-track [`kiln_track::Run`].
+//! [`train`] fits a [`ModelConfig`] (logistic regression, an MLP, or a CNN over images stored
+//! as flat rows) following a [`TrainConfig`]: SGD/Adam/AdamW, learning-rate warm-up and
+//! schedules, gradient accumulation and clipping, class weights, early stopping on a monitored
+//! metric, and atomic [`checkpoint`]s every N steps plus the best k. A run resumed from a
+//! checkpoint continues mid-epoch and, on the CPU, reproduces the uninterrupted loss curve
+//! exactly. SIGTERM/SIGUSR2 write a checkpoint and stop with [`StopReason::Interrupted`]
+//! (exit with [`EXIT_INTERRUPTED`] so a scheduler requeues the job); a non-finite loss stops
+//! with [`Error::Diverged`], naming the last good checkpoint. Metrics go to a kiln-track
+//! [`kiln_track::Run`] and to [`Hooks`].
+//!
+//! Training runs on burn's `Flex` CPU backend, or on CUDA with the `cuda` feature (f32, f16
+//! or bf16). Device choice is explicit (`cpu`, `cuda:N`) or `auto` ([`DeviceSpec`]); `auto`
+//! probes for a driver without letting burn panic and falls back to the CPU with a log line.
 //!
 //! [`ClassificationReport`] computes accuracy, macro and weighted precision/recall/F1 and the
 //! confusion matrix; [`EvalReport`] adds log loss, ROC-AUC (binary and one-vs-rest), expected
@@ -18,18 +27,25 @@
 //! | `cuda` | burn's CUDA backend (the driver is loaded at run time; builds without a toolkit) | no |
 //!
 //! ```no_run
-//! use kiln_train::{Examples, TrainConfig, train};
+//! use kiln_train::{CheckpointConfig, EpochReport, Examples, ModelConfig, TrainConfig, train};
 //! use ndarray::Array2;
 //!
 //! # fn main() -> kiln_train::Result<()> {
 //! let x = Array2::<f32>::zeros((100, 4));
 //! let y: Vec<usize> = (0..100).map(|i| i % 2).collect();
 //! let data = Examples::new(x, y)?;
-//! let trained = train(&TrainConfig::default(), 2, &data, None, None, &mut |e| println!("{e:?}"))?;
+//! let model = ModelConfig::mlp(4, &[32], 2);
+//! let config = TrainConfig {
+//!     checkpoint: Some(CheckpointConfig { every_steps: 100, ..CheckpointConfig::new("ckpt") }),
+//!     ..TrainConfig::default()
+//! };
+//! let trained = train(&config, &model, &data, None, None, &mut |e: &EpochReport| println!("{e:?}"))?;
 //! let predicted = trained.classifier()?.predict(data.x.view())?;
 //! # Ok(()) }
 //! ```
 
+pub mod checkpoint;
+mod config;
 mod device;
 mod error;
 mod eval;
@@ -37,14 +53,20 @@ mod model;
 mod package;
 mod trainer;
 
+pub use checkpoint::{CheckpointInfo, best_checkpoints, latest_checkpoint};
+pub use config::{
+    CheckpointConfig, ClassWeights, EarlyStopping, GradClip, LrSchedule, Mode, Monitor, MonitorMetric, OptimizerConfig,
+    Precision, TrainConfig,
+};
+
 pub use device::{Device, DeviceSpec, probe_cuda};
 pub use error::{Error, Result};
 pub use eval::{
     ClassMetrics, ClassificationReport, EvalReport, GateDecision, PromotionGate, RocAuc, SliceReport,
     expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
 };
-pub use model::{Mlp, MlpConfig};
+pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
 pub use package::{
     Lineage, MANIFEST_FILE, Manifest, ModelPackage, PACKAGE_FORMAT_VERSION, PackageSpec, Prediction, Predictor,
 };
-pub use trainer::{Classifier, EpochReport, Examples, TrainConfig, Trained, train};
+pub use trainer::{Classifier, EXIT_INTERRUPTED, EpochReport, Examples, Hooks, StepReport, StopReason, Trained, train};

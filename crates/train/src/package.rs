@@ -16,12 +16,13 @@ use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-use crate::model::MlpConfig;
-use crate::trainer::{Classifier, TrainConfig, Trained, best_class};
+use crate::config::TrainConfig;
+use crate::model::ModelConfig;
+use crate::trainer::{Classifier, Trained, best_class};
 use crate::{Error, Result};
 
 /// The package format this version of kiln writes and reads.
-pub const PACKAGE_FORMAT_VERSION: u32 = 1;
+pub const PACKAGE_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a package directory.
 pub const MANIFEST_FILE: &str = "kiln-package.json";
 const WEIGHTS_FILE: &str = "weights.mpk";
@@ -48,14 +49,14 @@ pub struct Manifest {
     pub format_version: u32,
     /// Model name.
     pub name: String,
-    /// Model family: `mlp-classifier`.
+    /// Model family: `logistic`, `mlp` or `cnn`.
     pub kind: String,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: i64,
     /// Version of kiln-train that wrote the package.
     pub kiln_version: String,
     /// Architecture.
-    pub model: MlpConfig,
+    pub model: ModelConfig,
     /// Hyperparameters used.
     pub train_config: TrainConfig,
     /// The epoch whose weights were kept.
@@ -116,24 +117,24 @@ pub struct ModelPackage {
 impl ModelPackage {
     /// Packages trained weights with everything needed to use them.
     pub fn new(trained: &Trained, spec: PackageSpec) -> Result<Self> {
-        if spec.features.len() != trained.model.inputs {
+        if spec.features.len() != trained.model.inputs() {
             return Err(Error::Shape(format!(
                 "{} features for a model with {} inputs",
                 spec.features.len(),
-                trained.model.inputs
+                trained.model.inputs()
             )));
         }
-        if spec.labels.len() != trained.model.classes {
+        if spec.labels.len() != trained.model.classes() {
             return Err(Error::Shape(format!(
                 "{} labels for a model with {} classes",
                 spec.labels.len(),
-                trained.model.classes
+                trained.model.classes()
             )));
         }
         let manifest = Manifest {
             format_version: PACKAGE_FORMAT_VERSION,
             name: spec.name,
-            kind: "mlp-classifier".into(),
+            kind: trained.model.kind().into(),
             created_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as i64)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};
 use kiln_serve::{Client, InferResponse, LoadedModel, ServerHandle};
 use kiln_track::{RegisterOptions, Store};
-use kiln_train::{DeviceSpec, Examples, ModelPackage, PackageSpec, TrainConfig, train};
+use kiln_train::{DeviceSpec, Examples, ModelConfig, ModelPackage, PackageSpec, TrainConfig, train};
 use ndarray::Array2;
 use serde_json::json;
 
@@ -25,8 +25,16 @@ fn package_dir(dir: &std::path::Path) -> std::path::PathBuf {
     let mut x = raw.clone();
     scaler.transform(&mut x).unwrap();
     let y: Vec<usize> = raw.rows().into_iter().map(|r| usize::from(r[0] + r[1] > 10.0)).collect();
-    let cfg = TrainConfig { epochs: 5, hidden: vec![8], device: DeviceSpec::Cpu, ..TrainConfig::default() };
-    let trained = train(&cfg, 2, &Examples::new(x.mapv(|v| v as f32), y).unwrap(), None, None, &mut |_| {}).unwrap();
+    let cfg = TrainConfig { epochs: 5, device: DeviceSpec::Cpu, ..TrainConfig::default() };
+    let trained = train(
+        &cfg,
+        &ModelConfig::mlp(3, &[8], 2),
+        &Examples::new(x.mapv(|v| v as f32), y).unwrap(),
+        None,
+        None,
+        &mut (),
+    )
+    .unwrap();
     let pkg = ModelPackage::new(
         &trained,
         PackageSpec {

@@ -3,13 +3,15 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod eval;
+mod training;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use kiln_data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
 use kiln_train::{
-    ClassificationReport, DeviceSpec, Error, Examples, Lineage, ModelPackage, PackageSpec, TrainConfig, Trained, train,
+    ClassificationReport, DeviceSpec, Error, Examples, Lineage, ModelConfig, ModelPackage, PackageSpec, TrainConfig,
+    Trained, train,
 };
 use ndarray::{Array2, Axis};
 
@@ -45,10 +47,12 @@ fn fixture() -> &'static Fixture {
             scaler.transform(&mut x).unwrap();
             Examples::new(x.mapv(|v| v as f32), rows.iter().map(|r| classes[*r]).collect()).unwrap()
         };
-        let config = TrainConfig { epochs: 15, hidden: vec![32], device: DeviceSpec::Cpu, ..TrainConfig::default() };
+        let config = TrainConfig { epochs: 15, device: DeviceSpec::Cpu, ..TrainConfig::default() };
+        let model = ModelConfig::mlp(features.len(), &[32], 2);
         let mut epochs_seen = 0;
         let trained =
-            train(&config, 2, &part(&split.train), Some(&part(&split.val)), None, &mut |_| epochs_seen += 1).unwrap();
+            train(&config, &model, &part(&split.train), Some(&part(&split.val)), None, &mut |_: &_| epochs_seen += 1)
+                .unwrap();
         let test = part(&split.test);
         let predicted = trained.classifier().unwrap().predict(test.x.view()).unwrap();
         let report = ClassificationReport::compute(&test.y, &predicted, &encoder.classes).unwrap();
@@ -136,7 +140,10 @@ fn damaged_packages_are_refused() {
 
     package(f).save(dir.path()).unwrap();
     let manifest = dir.path().join(kiln_train::MANIFEST_FILE);
-    let text = std::fs::read_to_string(&manifest).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    let current = format!("\"format_version\": {}", kiln_train::PACKAGE_FORMAT_VERSION);
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(text.contains(&current));
+    let text = text.replace(&current, "\"format_version\": 99");
     std::fs::write(&manifest, text).unwrap();
     let err = ModelPackage::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("kiln-package.json") && err.contains("version Some(99) is not supported"), "{err}");
@@ -145,16 +152,27 @@ fn damaged_packages_are_refused() {
 #[test]
 fn bad_configurations_are_errors() {
     let x = Examples::new(Array2::zeros((4, 2)), vec![0, 1, 0, 1]).unwrap();
+    let two = ModelConfig::mlp(2, &[4], 2);
+    let none = &mut ();
     let bad = TrainConfig { epochs: 0, ..TrainConfig::default() };
-    assert!(matches!(train(&bad, 2, &x, None, None, &mut |_| {}), Err(Error::Config(_))));
+    assert!(matches!(train(&bad, &two, &x, None, None, none), Err(Error::Config(_))));
     let cpu = TrainConfig { device: DeviceSpec::Cpu, epochs: 1, ..TrainConfig::default() };
-    assert!(matches!(train(&cpu, 1, &x, None, None, &mut |_| {}), Err(Error::Config(_))));
+    assert!(matches!(train(&cpu, &ModelConfig::mlp(2, &[4], 1), &x, None, None, none), Err(Error::Config(_))));
     let y_out_of_range = Examples::new(Array2::zeros((2, 2)), vec![0, 5]).unwrap();
-    assert!(matches!(train(&cpu, 2, &y_out_of_range, None, None, &mut |_| {}), Err(Error::Shape(_))));
+    let err = train(&cpu, &two, &y_out_of_range, None, None, none).unwrap_err();
+    assert!(matches!(&err, Error::Shape(m) if m.contains("training row 1")), "{err}");
     assert!(Examples::new(Array2::zeros((2, 2)), vec![0]).is_err());
     let empty = Examples::new(Array2::zeros((0, 2)), vec![]).unwrap();
-    assert!(matches!(train(&cpu, 2, &x, Some(&empty), None, &mut |_| {}), Err(Error::Shape(_))));
-    assert!(matches!(train(&cpu, 2, &empty, None, None, &mut |_| {}), Err(Error::Shape(_))));
+    assert!(matches!(train(&cpu, &two, &x, Some(&empty), None, none), Err(Error::Shape(_))));
+    assert!(matches!(train(&cpu, &two, &empty, None, None, none), Err(Error::Shape(_))));
+    let err = train(&cpu, &ModelConfig::mlp(3, &[4], 2), &x, None, None, none).unwrap_err();
+    assert!(matches!(&err, Error::Shape(m) if m.contains("2 features") && m.contains("takes 3")), "{err}");
+    let f16 = TrainConfig { precision: kiln_train::Precision::F16, ..cpu.clone() };
+    let err = train(&f16, &two, &x, None, None, none).unwrap_err();
+    assert!(matches!(&err, Error::Config(m) if m.contains("CUDA")), "{err}");
+    let es = TrainConfig { early_stopping: Some(kiln_train::EarlyStopping { patience: 2, min_delta: 0.0 }), ..cpu };
+    let err = train(&es, &two, &x, None, None, none).unwrap_err();
+    assert!(matches!(&err, Error::Config(m) if m.contains("val_loss")), "{err}");
 }
 
 #[test]
@@ -162,14 +180,15 @@ fn training_is_reproducible_for_a_seed() {
     let x = Array2::from_shape_fn((40, 3), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 11.0);
     let y: Vec<usize> = (0..40).map(|i| usize::from(x[[i, 0]] > 0.5)).collect();
     let data = Examples::new(x, y).unwrap();
-    let cfg = TrainConfig { epochs: 3, hidden: vec![8], device: DeviceSpec::Cpu, seed: 5, ..TrainConfig::default() };
-    let a = train(&cfg, 2, &data, None, None, &mut |_| {}).unwrap();
-    let b = train(&cfg, 2, &data, None, None, &mut |_| {}).unwrap();
+    let cfg = TrainConfig { epochs: 3, device: DeviceSpec::Cpu, seed: 5, ..TrainConfig::default() };
+    let model = ModelConfig::Mlp(kiln_train::MlpConfig { dropout: 0.3, ..kiln_train::MlpConfig::new(3, &[8], 2) });
+    let a = train(&cfg, &model, &data, None, None, &mut ()).unwrap();
+    let b = train(&cfg, &model, &data, None, None, &mut ()).unwrap();
     // The record bytes embed burn's parameter ids, which differ per model; compare behaviour.
     let losses = |t: &kiln_train::Trained| t.history.iter().map(|e| e.train_loss).collect::<Vec<_>>();
     assert_eq!(losses(&a), losses(&b));
     let proba = |t: &kiln_train::Trained| t.classifier().unwrap().predict_proba(data.x.view()).unwrap();
     assert_eq!(proba(&a), proba(&b));
-    let other = train(&TrainConfig { seed: 6, ..cfg.clone() }, 2, &data, None, None, &mut |_| {}).unwrap();
+    let other = train(&TrainConfig { seed: 6, ..cfg.clone() }, &model, &data, None, None, &mut ()).unwrap();
     assert_ne!(proba(&a), proba(&other));
 }
