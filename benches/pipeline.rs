@@ -61,6 +61,7 @@ fn predict(c: &mut Criterion) {
             features: features(),
             input_schema: Schema::new(schema().columns[..64].to_vec()),
             scaler: Some(scaler),
+            pipeline: None,
             labels: encoder,
             label_column: "label".into(),
             metrics: Default::default(),

@@ -10,12 +10,15 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
-use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
+use kiln::data::{
+    ColumnSpec, Dataset, DatasetProfile, LabelEncoder, ProfileOptions, Schema, SplitFractions, StandardScaler,
+    TrainSplit, stratified_split,
+};
 use kiln::serve::{Client, LoadedModel, ServerHandle};
 use kiln::track::{DatasetInput, RegisterOptions, Store};
 use kiln::train::{
-    Activation, ClassificationReport, EpochReport, Examples, Lineage, MlpConfig, ModelConfig, ModelPackage,
-    PackageSpec, TrainConfig, train,
+    Activation, EpochReport, EvalReport, Examples, Lineage, MlpConfig, ModelConfig, ModelPackage, PackageSpec,
+    PromotionGate, TrainConfig, train,
 };
 use ndarray::{Array2, Axis};
 
@@ -113,20 +116,26 @@ fn main() -> Result<()> {
     })?;
     println!("trained on {}; kept the weights of epoch {}", trained.device, trained.best_epoch);
 
-    // f. Evaluate on the test split and log the results.
+    // f. Evaluate on the test split from predicted probabilities: accuracy, per-class
+    //    precision/recall/F1, log loss, ROC-AUC, calibration error.
     let classifier = trained.classifier()?;
-    let predicted = classifier.predict(test_set.x.view())?;
-    let evaluation = ClassificationReport::compute(&test_set.y, &predicted, &encoder.classes)?;
+    let probabilities = classifier.predict_proba(test_set.x.view())?.mapv(f64::from);
+    let evaluation = EvalReport::compute(&test_set.y, probabilities.view(), &encoder.classes)?;
     let step = trained.history.len() as u64;
-    run.log_metrics(step, &[("test_accuracy", evaluation.accuracy), ("test_macro_f1", evaluation.macro_f1)])?;
-    run.log_artifact_bytes("test_report.json", &serde_json::to_vec_pretty(&evaluation)?)?;
-    print!("test set: {evaluation}");
+    for (name, value) in evaluation.metrics() {
+        run.log_metric(&format!("test_{name}"), step, value)?;
+    }
+    print!("test set: {}", evaluation.classification);
+    println!(
+        "log loss {:.4}, ROC-AUC (macro, one-vs-rest) {:.4}, calibration error {:.4}",
+        evaluation.log_loss,
+        evaluation.roc_auc.macro_auc.unwrap_or(f64::NAN),
+        evaluation.ece
+    );
 
-    // g. Package the model with its preprocessing, schema, labels, metrics and lineage; register it.
-    let metrics = BTreeMap::from([
-        ("test_accuracy".to_string(), evaluation.accuracy),
-        ("test_macro_f1".to_string(), evaluation.macro_f1),
-    ]);
+    // g. Package the model with its preprocessing, schema, labels, lineage, the training
+    //    data's profile (the drift reference) and the evaluation; run the failure-mode checks
+    //    on the packaged predictor; register it as production only if the gate passes.
     let package = ModelPackage::new(
         &trained,
         PackageSpec {
@@ -135,35 +144,55 @@ fn main() -> Result<()> {
             features: features.clone(),
             input_schema: Schema::new(schema.columns[..features.len()].to_vec()),
             scaler: Some(scaler),
+            pipeline: None,
             labels: encoder.clone(),
             label_column: "label".into(),
-            metrics: metrics.clone(),
+            metrics: BTreeMap::new(),
             lineage: Lineage {
                 run_id: Some(run.id().into()),
                 experiment: Some(EXPERIMENT.into()),
                 dataset: Some(data_path.into()),
                 dataset_hash: Some(data.hash().into()),
+                dataset_digests: vec![data.hash().into()],
+                git_commit: store.run(run.id())?.environment.and_then(|e| e.git_commit),
                 split_seed: Some(SEED),
             },
         },
-    )?;
+    )?
+    .with_profile(DatasetProfile::of(TrainSplit::of_split(&data, &split)?.frame(), &ProfileOptions::default())?);
+    let checks = package.clone().into_predictor()?.failure_checks(raw.select(Axis(0), &split.test).view());
+    for c in &checks {
+        println!("failure check {:<20} {}  ({})", c.name, if c.passed { "pass" } else { "FAIL" }, c.detail);
+    }
+    let evaluation = evaluation.with_checks(checks);
+    run.log_artifact_bytes("eval_report.json", &serde_json::to_vec_pretty(&evaluation)?)?;
+    let package = package.with_eval(evaluation);
     let package_dir = run.scratch_dir()?.join("model");
     package.save(&package_dir)?;
     run.log_artifact("model", &package_dir)?;
     let registry = store.registry();
-    let version = registry.register(
+    let gate = PromotionGate {
+        thresholds: BTreeMap::from([("test_accuracy".into(), 0.9), ("test_checks_failed".into(), 0.0)]),
+        lower_is_better: vec!["test_checks_failed".into()],
+        tolerance: 0.02,
+    };
+    let promotion = gate.promote(
+        &registry,
         MODEL,
+        "production",
         &package_dir,
         RegisterOptions {
             run_id: Some(run.id().into()),
             dataset_digests: vec![data.hash().into()],
-            metrics,
+            metrics: package.manifest.metrics.clone(),
             description: Some("MLP on UCI digits, from the quickstart".into()),
             ..Default::default()
         },
     )?;
-    registry.set_alias(MODEL, "production", version.version)?;
-    println!("registered {MODEL} version {} as production", version.version);
+    match &promotion.version {
+        Some(v) => println!("registered {MODEL} version {} as production (promotion gate passed)", v.version),
+        None => println!("{MODEL} not promoted: {}", promotion.decision.reasons.join("; ")),
+    }
     run.finish()?;
 
     // h. Serve the production model over HTTP and ask for one raw (unscaled) test row.

@@ -278,6 +278,20 @@ pub struct EvalReport {
     pub ece: f64,
     /// Per value of each slicing column.
     pub slices: Vec<SliceReport>,
+    /// Named failure-mode checks (`Predictor::failure_checks`).
+    #[serde(default)]
+    pub checks: Vec<FailureCheck>,
+}
+
+/// The outcome of one named failure-mode check (`Predictor::failure_checks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureCheck {
+    /// The check's name.
+    pub name: String,
+    /// Whether the model behaved.
+    pub passed: bool,
+    /// What was tried and seen.
+    pub detail: String,
 }
 
 impl EvalReport {
@@ -299,7 +313,15 @@ impl EvalReport {
             roc_auc: roc_auc_ovr(truth, probabilities)?,
             ece: expected_calibration_error(truth, probabilities, 15)?,
             slices: Vec::new(),
+            checks: Vec::new(),
         })
+    }
+
+    /// Attaches failure-mode checks; a failed one shows in [`EvalReport::metrics`] as
+    /// `checks_failed`.
+    pub fn with_checks(mut self, checks: Vec<FailureCheck>) -> Self {
+        self.checks = checks;
+        self
     }
 
     /// Adds accuracy and macro-F1 per value of `column` (`values[r]` is row r's value).
@@ -350,6 +372,9 @@ impl EvalReport {
         .collect();
         if let Some(auc) = self.roc_auc.macro_auc {
             out.insert("roc_auc".into(), auc);
+        }
+        if !self.checks.is_empty() {
+            out.insert("checks_failed".into(), self.checks.iter().filter(|c| !c.passed).count() as f64);
         }
         out
     }
@@ -420,6 +445,50 @@ impl PromotionGate {
             }
         }
         GateDecision { passed: reasons.is_empty(), reasons }
+    }
+}
+
+/// What [`PromotionGate::promote`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promotion {
+    /// The gate's verdict.
+    pub decision: GateDecision,
+    /// The registered version, when the gate passed.
+    pub version: Option<kiln_track::ModelVersion>,
+    /// The version the alias pointed to before.
+    pub replaced: Option<u32>,
+}
+
+impl PromotionGate {
+    /// Registers the package at `package_dir` as a new version of `model` and points `alias`
+    /// (usually `production`) at it, only if the gate passes for `options.metrics` against the
+    /// version `alias` points to now (no such version: thresholds only). A refused candidate
+    /// is not registered; the decision says why.
+    pub fn promote(
+        &self,
+        registry: &kiln_track::Registry,
+        model: &str,
+        alias: &str,
+        package_dir: &std::path::Path,
+        options: kiln_track::RegisterOptions,
+    ) -> Result<Promotion> {
+        let current = match registry.resolve(model, alias) {
+            Ok(v) => Some(v),
+            Err(kiln_track::Error::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let decision = self.decide(&options.metrics, current.as_ref().map(|v| &v.metrics));
+        if !decision.passed {
+            tracing::warn!("{model}: not promoted to {alias}: {}", decision.reasons.join("; "));
+            return Ok(Promotion { decision, version: None, replaced: None });
+        }
+        let version = registry.register(model, package_dir, options)?;
+        let reason = match &current {
+            Some(v) => format!("promotion gate passed against v{}", v.version),
+            None => "promotion gate passed (no previous version)".to_string(),
+        };
+        let replaced = registry.set_alias_because(model, alias, version.version, &reason)?;
+        Ok(Promotion { decision, version: Some(version), replaced })
     }
 }
 

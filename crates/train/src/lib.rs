@@ -62,8 +62,8 @@ pub use config::{
 pub use device::{Device, DeviceSpec, probe_cuda};
 pub use error::{Error, Result};
 pub use eval::{
-    ClassMetrics, ClassificationReport, EvalReport, GateDecision, PromotionGate, RocAuc, SliceReport,
-    expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
+    ClassMetrics, ClassificationReport, EvalReport, FailureCheck, GateDecision, Promotion, PromotionGate, RocAuc,
+    SliceReport, expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
 };
 pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
 pub use package::{

@@ -1,22 +1,29 @@
-//! Model packages: everything needed to serve a model, in one directory.
+//! Model packages: everything needed to serve and monitor a model, in one directory.
 //!
 //! ```text
-//! <dir>/kiln-package.json   manifest: architecture, training config, input schema, fitted
-//!                           preprocessing, label names, metrics, lineage, weights checksum
+//! <dir>/kiln-package.json   manifest: format version, architecture, training config, input
+//!                           schema, label names, metrics, lineage, and the BLAKE3 of every
+//!                           other file
 //! <dir>/weights.mpk         burn named MessagePack record, full precision
+//! <dir>/pipeline.json       fitted kiln-data preprocessing (optional)
+//! <dir>/profile.json        reference profile of the training data, for drift (optional)
+//! <dir>/eval.json           the evaluation report (optional)
 //! ```
 //!
-//! The manifest carries a `format_version`; a reader refuses versions it does not know instead
-//! of guessing. The weights are checked against their BLAKE3 hash on load.
+//! The manifest is written last, so a directory with a manifest is complete. It carries a
+//! `format_version`; a reader refuses versions it does not know instead of guessing, and
+//! checks every file against its hash.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};
+use kiln_data::pipeline::{InputKind, Value};
+use kiln_data::{ColumnSpec, DatasetProfile, FittedPipeline, LabelEncoder, Schema, StandardScaler};
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
 use crate::config::TrainConfig;
+use crate::eval::{EvalReport, FailureCheck};
 use crate::model::ModelConfig;
 use crate::trainer::{Classifier, Trained, best_class};
 use crate::{Error, Result};
@@ -26,6 +33,9 @@ pub const PACKAGE_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a package directory.
 pub const MANIFEST_FILE: &str = "kiln-package.json";
 const WEIGHTS_FILE: &str = "weights.mpk";
+const PIPELINE_FILE: &str = "pipeline.json";
+const PROFILE_FILE: &str = "profile.json";
+const EVAL_FILE: &str = "eval.json";
 
 /// Where a model came from.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -38,6 +48,12 @@ pub struct Lineage {
     pub dataset: Option<String>,
     /// BLAKE3 hash of the training data file.
     pub dataset_hash: Option<String>,
+    /// Digests of every dataset version used (training, validation, test).
+    #[serde(default)]
+    pub dataset_digests: Vec<String>,
+    /// The git commit of the training code.
+    #[serde(default)]
+    pub git_commit: Option<String>,
     /// Seed of the train/validation/test split.
     pub split_seed: Option<u64>,
 }
@@ -57,17 +73,20 @@ pub struct Manifest {
     pub kiln_version: String,
     /// Architecture.
     pub model: ModelConfig,
+    /// Trainable parameters.
+    pub num_params: usize,
     /// Hyperparameters used.
     pub train_config: TrainConfig,
     /// The epoch whose weights were kept.
     pub best_epoch: usize,
     /// The device it trained on (`cpu`, `cuda:0`).
     pub trained_on: String,
-    /// Input features, in the order the model takes them.
+    /// Raw input features, in the order [`Predictor::predict`] takes them.
     pub features: Vec<String>,
     /// What raw input values may be (checked on every prediction).
     pub input_schema: Schema,
-    /// Fitted preprocessing, applied to raw inputs before the model.
+    /// Fitted standard scaler over `features` (the simple preprocessing; exclusive with a
+    /// pipeline).
     pub scaler: Option<StandardScaler>,
     /// Class labels.
     pub labels: LabelEncoder,
@@ -77,10 +96,8 @@ pub struct Manifest {
     pub metrics: BTreeMap<String, f64>,
     /// Provenance.
     pub lineage: Lineage,
-    /// Weights file name.
-    pub weights_file: String,
-    /// BLAKE3 hex hash of the weights file.
-    pub weights_blake3: String,
+    /// BLAKE3 hex hash of each file in the package, by name.
+    pub files: BTreeMap<String, String>,
 }
 
 /// What the caller supplies to package a [`Trained`] model.
@@ -90,12 +107,15 @@ pub struct PackageSpec {
     pub name: String,
     /// The hyperparameters used.
     pub train_config: TrainConfig,
-    /// Input features, in model order.
+    /// Raw input features, in model order. With a pipeline, its input columns.
     pub features: Vec<String>,
     /// Schema of raw input values.
     pub input_schema: Schema,
-    /// Fitted preprocessing.
+    /// Fitted standard scaler over `features`.
     pub scaler: Option<StandardScaler>,
+    /// Fitted kiln-data pipeline (exclusive with `scaler`); its input columns become the
+    /// package's features, so `features` may be left empty.
+    pub pipeline: Option<FittedPipeline>,
     /// Class labels.
     pub labels: LabelEncoder,
     /// The label column.
@@ -112,18 +132,22 @@ pub struct ModelPackage {
     /// The manifest.
     pub manifest: Manifest,
     weights: Vec<u8>,
+    pipeline: Option<FittedPipeline>,
+    profile: Option<DatasetProfile>,
+    eval: Option<EvalReport>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn hash(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
 }
 
 impl ModelPackage {
     /// Packages trained weights with everything needed to use them.
     pub fn new(trained: &Trained, spec: PackageSpec) -> Result<Self> {
-        if spec.features.len() != trained.model.inputs() {
-            return Err(Error::Shape(format!(
-                "{} features for a model with {} inputs",
-                spec.features.len(),
-                trained.model.inputs()
-            )));
-        }
         if spec.labels.len() != trained.model.classes() {
             return Err(Error::Shape(format!(
                 "{} labels for a model with {} classes",
@@ -131,41 +155,120 @@ impl ModelPackage {
                 trained.model.classes()
             )));
         }
+        if spec.scaler.is_some() && spec.pipeline.is_some() {
+            return Err(Error::Config("a package has either a scaler or a pipeline, not both".into()));
+        }
+        let features = match &spec.pipeline {
+            Some(p) => {
+                let inputs: Vec<String> = p.input_schema.iter().map(|c| c.name.clone()).collect();
+                if !spec.features.is_empty() && spec.features != inputs {
+                    return Err(Error::Config(format!(
+                        "features {:?} differ from the pipeline's input columns {inputs:?}",
+                        spec.features
+                    )));
+                }
+                inputs
+            }
+            None => spec.features,
+        };
         let manifest = Manifest {
             format_version: PACKAGE_FORMAT_VERSION,
             name: spec.name,
             kind: trained.model.kind().into(),
-            created_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            created_ms: now_ms(),
             kiln_version: env!("CARGO_PKG_VERSION").into(),
             model: trained.model.clone(),
+            num_params: trained.model.num_params(),
             train_config: spec.train_config,
             best_epoch: trained.best_epoch,
             trained_on: trained.device.to_string(),
-            features: spec.features,
+            features,
             input_schema: spec.input_schema,
             scaler: spec.scaler,
             labels: spec.labels,
             label_column: spec.label_column,
             metrics: spec.metrics,
             lineage: spec.lineage,
-            weights_file: WEIGHTS_FILE.into(),
-            weights_blake3: blake3::hash(&trained.weights).to_hex().to_string(),
+            files: BTreeMap::new(),
         };
-        Ok(Self { manifest, weights: trained.weights.clone() })
+        let package =
+            Self { manifest, weights: trained.weights.clone(), pipeline: spec.pipeline, profile: None, eval: None };
+        package.check_widths()?;
+        Ok(package)
     }
 
-    /// Writes the package into `dir` (created if needed): weights first, then the manifest, so
-    /// a directory with a manifest always has its weights.
+    /// Adds the training data's profile, the reference for drift detection when serving.
+    pub fn with_profile(mut self, profile: DatasetProfile) -> Self {
+        self.profile = Some(profile);
+        self
+    }
+
+    /// Adds the evaluation report; its headline metrics join the manifest's metrics.
+    pub fn with_eval(mut self, eval: EvalReport) -> Self {
+        for (k, v) in eval.metrics() {
+            self.manifest.metrics.entry(format!("test_{k}")).or_insert(v);
+        }
+        self.eval = Some(eval);
+        self
+    }
+
+    fn check_widths(&self) -> Result<()> {
+        let inputs = self.manifest.model.inputs();
+        let width = match &self.pipeline {
+            Some(p) => p.width(),
+            None => self.manifest.features.len(),
+        };
+        if width != inputs {
+            let what = if self.pipeline.is_some() { "the pipeline outputs" } else { "the package lists" };
+            return Err(Error::Shape(format!("{what} {width} features for a model with {inputs} inputs")));
+        }
+        Ok(())
+    }
+
+    /// The fitted pipeline, if the package has one.
+    pub fn pipeline(&self) -> Option<&FittedPipeline> {
+        self.pipeline.as_ref()
+    }
+
+    /// The reference profile, if the package has one.
+    pub fn profile(&self) -> Option<&DatasetProfile> {
+        self.profile.as_ref()
+    }
+
+    /// The evaluation report, if the package has one.
+    pub fn eval(&self) -> Option<&EvalReport> {
+        self.eval.as_ref()
+    }
+
+    /// Writes the package into `dir` (created if needed): every file first, synced, then the
+    /// manifest with their hashes, so a directory with a manifest is complete.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-        write_synced(&dir.join(&self.manifest.weights_file), &self.weights)?;
-        let manifest = dir.join(MANIFEST_FILE);
-        let json = serde_json::to_vec_pretty(&self.manifest)
-            .map_err(|e| Error::Package { path: manifest.clone(), message: e.to_string() })?;
-        write_synced(&manifest, &json)
+        let mut files: Vec<(&str, Vec<u8>)> = vec![(WEIGHTS_FILE, self.weights.clone())];
+        let json = |what: &str, r: std::result::Result<String, kiln_data::Error>| {
+            r.map(String::into_bytes).map_err(|e| Error::Package { path: dir.join(what), message: e.to_string() })
+        };
+        if let Some(p) = &self.pipeline {
+            files.push((PIPELINE_FILE, json(PIPELINE_FILE, p.to_json())?));
+        }
+        if let Some(p) = &self.profile {
+            files.push((PROFILE_FILE, json(PROFILE_FILE, p.to_json())?));
+        }
+        if let Some(e) = &self.eval {
+            let bytes = serde_json::to_vec_pretty(e)
+                .map_err(|e| Error::Package { path: dir.join(EVAL_FILE), message: e.to_string() })?;
+            files.push((EVAL_FILE, bytes));
+        }
+        let mut manifest = self.manifest.clone();
+        for (name, bytes) in &files {
+            kiln_track::durable::write_atomic(&dir.join(name), bytes)?;
+            manifest.files.insert((*name).to_string(), hash(bytes));
+        }
+        let path = dir.join(MANIFEST_FILE);
+        let json = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::Package { path: path.clone(), message: e.to_string() })?;
+        kiln_track::durable::write_atomic(&path, &json)?;
+        Ok(())
     }
 
     /// Reads and checks a package directory.
@@ -177,26 +280,58 @@ impl ModelPackage {
             .map_err(|e| Error::Package { path: manifest_path.clone(), message: format!("not valid JSON: {e}") })?;
         let version = probe.get("format_version").and_then(serde_json::Value::as_u64);
         if version != Some(u64::from(PACKAGE_FORMAT_VERSION)) {
+            let hint = if version == Some(1) {
+                " (version 1 packages came from kiln before model configs; retrain or re-export it)"
+            } else {
+                ""
+            };
             return Err(Error::Package {
                 path: manifest_path,
                 message: format!(
-                    "package format version {version:?} is not supported (this kiln reads version {PACKAGE_FORMAT_VERSION})"
+                    "package format version {version:?} is not supported (this kiln reads version {PACKAGE_FORMAT_VERSION}){hint}"
                 ),
             });
         }
         let manifest: Manifest = serde_json::from_value(probe)
             .map_err(|e| Error::Package { path: manifest_path.clone(), message: e.to_string() })?;
-        let weights_path: PathBuf = dir.join(&manifest.weights_file);
-        let weights =
-            std::fs::read(&weights_path).map_err(|source| Error::Io { path: weights_path.clone(), source })?;
-        let hash = blake3::hash(&weights).to_hex().to_string();
-        if hash != manifest.weights_blake3 {
-            return Err(Error::Package {
-                path: weights_path,
-                message: format!("checksum mismatch: manifest says {}, file hashes to {hash}", manifest.weights_blake3),
-            });
-        }
-        Ok(Self { manifest, weights })
+        let read = |name: &str| -> Result<Option<Vec<u8>>> {
+            let Some(want) = manifest.files.get(name) else { return Ok(None) };
+            let path: PathBuf = dir.join(name);
+            let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+            let got = hash(&bytes);
+            if got != *want {
+                return Err(Error::Package {
+                    path,
+                    message: format!("checksum mismatch: manifest says {want}, file hashes to {got}"),
+                });
+            }
+            Ok(Some(bytes))
+        };
+        let text = |name: &str, bytes: Vec<u8>| {
+            String::from_utf8(bytes).map_err(|e| Error::Package { path: dir.join(name), message: e.to_string() })
+        };
+        let weights = read(WEIGHTS_FILE)?.ok_or_else(|| Error::Package {
+            path: manifest_path.clone(),
+            message: format!("the manifest lists no {WEIGHTS_FILE}"),
+        })?;
+        let pipeline = match read(PIPELINE_FILE)? {
+            Some(b) => Some(FittedPipeline::from_json(&text(PIPELINE_FILE, b)?)?),
+            None => None,
+        };
+        let profile = match read(PROFILE_FILE)? {
+            Some(b) => Some(DatasetProfile::from_json(&text(PROFILE_FILE, b)?)?),
+            None => None,
+        };
+        let eval = match read(EVAL_FILE)? {
+            Some(b) => Some(
+                serde_json::from_slice(&b)
+                    .map_err(|e| Error::Package { path: dir.join(EVAL_FILE), message: e.to_string() })?,
+            ),
+            None => None,
+        };
+        let package = Self { manifest, weights, pipeline, profile, eval };
+        package.check_widths().map_err(|e| Error::Package { path: manifest_path, message: e.to_string() })?;
+        Ok(package)
     }
 
     /// Reads a package and builds a [`Predictor`].
@@ -209,17 +344,15 @@ impl ModelPackage {
         let classifier = Classifier::from_weights(self.manifest.model.clone(), &self.weights)?;
         let input_specs =
             self.manifest.features.iter().map(|f| self.manifest.input_schema.column(f).cloned()).collect();
-        Ok(Predictor { manifest: self.manifest, classifier, input_specs })
+        Ok(Predictor {
+            manifest: self.manifest,
+            classifier,
+            input_specs,
+            pipeline: self.pipeline,
+            profile: self.profile,
+            eval: self.eval,
+        })
     }
-}
-
-/// Writes a file and syncs it to disk before returning.
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io = |source| Error::Io { path: path.to_path_buf(), source };
-    let mut file = std::fs::File::create(path).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)
 }
 
 /// One prediction.
@@ -233,13 +366,16 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
-/// A loaded package, ready to predict from raw (unpreprocessed) feature rows.
+/// A loaded package, ready to predict from raw (unpreprocessed) rows.
 #[derive(Debug)]
 pub struct Predictor {
     manifest: Manifest,
     classifier: Classifier,
     /// The input schema's spec of each feature, in feature order (resolved once, not per row).
     input_specs: Vec<Option<ColumnSpec>>,
+    pipeline: Option<FittedPipeline>,
+    profile: Option<DatasetProfile>,
+    eval: Option<EvalReport>,
 }
 
 impl Predictor {
@@ -248,8 +384,25 @@ impl Predictor {
         &self.manifest
     }
 
-    /// Predicts raw rows (`rows × features`, in [`Manifest::features`] order): checks them
-    /// against the input schema, applies the fitted preprocessing, runs the model.
+    /// The fitted pipeline, if the package has one.
+    pub fn pipeline(&self) -> Option<&FittedPipeline> {
+        self.pipeline.as_ref()
+    }
+
+    /// The training data's reference profile, if the package has one.
+    pub fn profile(&self) -> Option<&DatasetProfile> {
+        self.profile.as_ref()
+    }
+
+    /// The package's evaluation report, if any.
+    pub fn eval(&self) -> Option<&EvalReport> {
+        self.eval.as_ref()
+    }
+
+    /// Predicts numeric raw rows (`rows × features`, in [`Manifest::features`] order): checks
+    /// them against the input schema, preprocesses them (scaler or pipeline), runs the model
+    /// once for the whole batch. A pipeline with text inputs needs
+    /// [`Predictor::predict_records`].
     pub fn predict(&self, rows: ArrayView2<'_, f64>) -> Result<Vec<Prediction>> {
         let features = &self.manifest.features;
         if rows.ncols() != features.len() {
@@ -259,6 +412,74 @@ impl Predictor {
                 rows.ncols()
             )));
         }
+        self.check_schema(rows)?;
+        if let Some(text) =
+            self.pipeline.as_ref().and_then(|p| p.input_schema.iter().find(|c| c.kind == InputKind::Text))
+        {
+            return Err(Error::Input {
+                row: 1,
+                column: text.name.clone(),
+                expected: "text (a model with text inputs takes records: use predict_records)".into(),
+                found: "a number".into(),
+            });
+        }
+        let x: Array2<f64> = match (&self.pipeline, &self.manifest.scaler) {
+            (Some(pipeline), _) => {
+                let mut out = Array2::zeros((rows.nrows(), pipeline.width()));
+                for (i, row) in rows.rows().into_iter().enumerate() {
+                    let record: HashMap<String, Value> =
+                        features.iter().zip(row).map(|(f, v)| (f.clone(), Value::Number(*v))).collect();
+                    let values = pipeline.transform_row(&record).map_err(|e| at_row(e, i))?;
+                    out.row_mut(i).assign(&ndarray::ArrayView1::from(&values));
+                }
+                out
+            }
+            (None, Some(scaler)) => {
+                let mut x = rows.to_owned();
+                scaler.transform(&mut x)?;
+                x
+            }
+            (None, None) => rows.to_owned(),
+        };
+        self.finish(x)
+    }
+
+    /// Predicts rows given as column → value (numbers, text, or null for missing), through
+    /// the package's pipeline; without a pipeline the numeric features are taken by name.
+    pub fn predict_records(&self, records: &[HashMap<String, Value>]) -> Result<Vec<Prediction>> {
+        match &self.pipeline {
+            Some(pipeline) => {
+                let mut out = Array2::zeros((records.len(), pipeline.width()));
+                for (i, record) in records.iter().enumerate() {
+                    let values = pipeline.transform_row(record).map_err(|e| at_row(e, i))?;
+                    out.row_mut(i).assign(&ndarray::ArrayView1::from(&values));
+                }
+                self.finish(out)
+            }
+            None => {
+                let features = &self.manifest.features;
+                let mut rows = Array2::zeros((records.len(), features.len()));
+                for (i, record) in records.iter().enumerate() {
+                    for (j, f) in features.iter().enumerate() {
+                        let found = match record.get(f) {
+                            Some(Value::Number(v)) => {
+                                rows[[i, j]] = *v;
+                                continue;
+                            }
+                            None => "nothing (the feature is missing)".to_string(),
+                            Some(Value::Null) => "null".to_string(),
+                            Some(Value::Text(t)) => format!("text {t:?}"),
+                        };
+                        let expected = "a number".to_string();
+                        return Err(Error::Input { row: i + 1, column: f.clone(), expected, found });
+                    }
+                }
+                self.predict(rows.view())
+            }
+        }
+    }
+
+    fn check_schema(&self, rows: ArrayView2<'_, f64>) -> Result<()> {
         for (i, row) in rows.rows().into_iter().enumerate() {
             for (spec, value) in self.input_specs.iter().zip(row) {
                 if let Some(v) = spec.as_ref().and_then(|spec| spec.check_value(i + 1, *value)) {
@@ -266,9 +487,18 @@ impl Predictor {
                 }
             }
         }
-        let mut x: Array2<f64> = rows.to_owned();
-        if let Some(scaler) = &self.manifest.scaler {
-            scaler.transform(&mut x)?;
+        Ok(())
+    }
+
+    fn finish(&self, x: Array2<f64>) -> Result<Vec<Prediction>> {
+        if let Some(((row, feature), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            let name = self.feature_name(feature);
+            return Err(Error::Input {
+                row: row + 1,
+                column: name,
+                expected: "a value that preprocesses to a finite number".into(),
+                found: v.to_string(),
+            });
         }
         let probs = self.classifier.predict_proba(x.mapv(|v| v as f32).view())?;
         Ok(probs
@@ -283,5 +513,151 @@ impl Predictor {
                 }
             })
             .collect())
+    }
+
+    fn feature_name(&self, model_input: usize) -> String {
+        match &self.pipeline {
+            Some(p) => p.output_features.get(model_input).cloned(),
+            None => self.manifest.features.get(model_input).cloned(),
+        }
+        .unwrap_or_else(|| format!("#{model_input}"))
+    }
+
+    /// Runs the named failure-mode checks against `reference` raw rows (for example the test
+    /// split), each reported pass/fail with what was seen:
+    ///
+    /// - `valid_probabilities`: every reference row gets finite probabilities summing to 1;
+    /// - `constant_inputs`: rows where every feature is the same constant (0, and each
+    ///   feature's reference median) still get valid probabilities;
+    /// - `out_of_range_values`: a feature 10× beyond its reference range is refused with an
+    ///   error naming the feature, or predicted validly, never answered with NaN;
+    /// - `missing_features`: a row with a NaN feature, and a record without a feature, are
+    ///   refused with an error naming the feature (or imputed by the pipeline), never
+    ///   predicted from garbage;
+    /// - `deterministic`: predicting the same rows twice gives identical probabilities;
+    /// - `batch_invariant`: a row predicted alone equals the same row in a batch.
+    pub fn failure_checks(&self, reference: ArrayView2<'_, f64>) -> Vec<FailureCheck> {
+        let mut checks = Vec::new();
+        let valid = |p: &[Prediction]| {
+            p.iter().all(|p| {
+                p.probabilities.iter().all(|v| v.is_finite() && *v >= 0.0)
+                    && (p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-3
+            })
+        };
+        let mut push = |name: &str, passed: bool, detail: String| {
+            checks.push(FailureCheck { name: name.to_string(), passed, detail });
+        };
+        let base = self.predict(reference);
+        match &base {
+            Ok(p) if valid(p) => push("valid_probabilities", true, format!("{} rows", p.len())),
+            Ok(_) => push("valid_probabilities", false, "some probabilities are not finite or do not sum to 1".into()),
+            Err(e) => push("valid_probabilities", false, format!("the reference rows were refused: {e}")),
+        }
+        let cols = reference.ncols();
+        if reference.nrows() == 0 || cols == 0 {
+            return checks;
+        }
+        let medians: Vec<f64> = (0..cols)
+            .map(|j| {
+                let mut v: Vec<f64> = reference.column(j).iter().copied().filter(|v| v.is_finite()).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(0.0)
+            })
+            .collect();
+        let constant = [Array2::zeros((1, cols)), Array2::from_shape_fn((1, cols), |(_, j)| medians[j])];
+        let outcomes: Vec<String> = constant
+            .iter()
+            .map(|rows| match self.predict(rows.view()) {
+                Ok(p) if valid(&p) => "ok".to_string(),
+                Ok(_) => "invalid probabilities".to_string(),
+                Err(Error::Input { .. }) => "refused by the input schema".to_string(),
+                Err(e) => format!("error: {e}"),
+            })
+            .collect();
+        let passed = outcomes.iter().all(|o| o == "ok" || o.starts_with("refused"));
+        push("constant_inputs", passed, format!("zeros: {}; medians: {}", outcomes[0], outcomes[1]));
+
+        let mut failures = Vec::new();
+        for j in 0..cols {
+            let column = reference.column(j);
+            let (lo, hi) = column.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(*v), b.max(*v)));
+            let far = hi + 10.0 * (hi - lo).abs().max(1.0);
+            let mut row = Array2::from_shape_fn((1, cols), |(_, k)| medians[k]);
+            row[[0, j]] = far;
+            match self.predict(row.view()) {
+                Ok(p) if valid(&p) => {}
+                Ok(_) => failures.push(format!("{}: invalid probabilities", self.manifest.features[j])),
+                Err(Error::Input { column, .. }) if column == self.manifest.features[j] => {}
+                Err(e) => failures.push(format!("{}: {e}", self.manifest.features[j])),
+            }
+        }
+        push(
+            "out_of_range_values",
+            failures.is_empty(),
+            if failures.is_empty() { format!("{cols} features pushed 10x out of range") } else { failures.join("; ") },
+        );
+
+        let mut failures = Vec::new();
+        for j in 0..cols {
+            let feature = &self.manifest.features[j];
+            let mut row = Array2::from_shape_fn((1, cols), |(_, k)| medians[k]);
+            row[[0, j]] = f64::NAN;
+            match self.predict(row.view()) {
+                Err(Error::Input { column, .. }) if column == *feature => {}
+                Ok(p) if self.pipeline.is_some() && valid(&p) => {} // imputed by the pipeline
+                Ok(_) => failures.push(format!("{feature}: NaN was predicted from")),
+                Err(e) => failures.push(format!("{feature}: {e}")),
+            }
+            let record: HashMap<String, Value> = self
+                .manifest
+                .features
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| *k != j)
+                .map(|(k, f)| (f.clone(), Value::Number(medians[k])))
+                .collect();
+            match self.predict_records(&[record]) {
+                Err(e) if e.to_string().contains(feature.as_str()) => {}
+                Ok(_) => failures.push(format!("{feature}: a record without it was predicted")),
+                Err(e) => failures.push(format!("{feature} absent: the error does not name it: {e}")),
+            }
+        }
+        push(
+            "missing_features",
+            failures.is_empty(),
+            if failures.is_empty() { format!("{cols} features removed one at a time") } else { failures.join("; ") },
+        );
+
+        if let Ok(first) = &base {
+            let again = self.predict(reference);
+            push(
+                "deterministic",
+                again.as_ref().is_ok_and(|a| a == first),
+                "the reference rows predicted twice".into(),
+            );
+            let alone = self.predict(reference.slice(ndarray::s![0..1, ..]));
+            push(
+                "batch_invariant",
+                alone.as_ref().is_ok_and(|a| a.first() == first.first()),
+                "row 1 alone and in the batch".into(),
+            );
+        }
+        checks
+    }
+}
+
+/// Points a kiln-data error about "row 1" of a single-row transform at the batch row.
+fn at_row(error: kiln_data::Error, i: usize) -> Error {
+    match error {
+        kiln_data::Error::BadValue { column, expected, found, .. } => {
+            Error::Input { row: i + 1, column, expected, found }
+        }
+        kiln_data::Error::MissingColumn { column, .. } => Error::Input {
+            row: i + 1,
+            column,
+            expected: "a value".into(),
+            found: "nothing (the column is missing)".into(),
+        },
+        other => Error::Data(other),
     }
 }

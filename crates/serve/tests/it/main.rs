@@ -45,6 +45,7 @@ fn package_dir(dir: &std::path::Path) -> std::path::PathBuf {
                 features.iter().map(|f| ColumnSpec::number(f.as_str()).range(0.0, 12.0)).collect(),
             ),
             scaler: Some(scaler),
+            pipeline: None,
             labels: LabelEncoder::from_classes(vec!["low".into(), "high".into()]),
             label_column: "y".into(),
             metrics: BTreeMap::new(),

@@ -5,6 +5,13 @@
 mod eval;
 mod training;
 
+/// A file of the repository, from the crate's directory.
+fn repo_file(rel: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
+        .join("../..")
+        .join(rel)
+}
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
@@ -31,9 +38,7 @@ struct Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let path =
-            PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
-                .join("../../data/breast_cancer.csv");
+        let path = repo_file("data/breast_cancer.csv");
         let data = Dataset::load_csv(path).unwrap();
         let features: Vec<String> = data.column_names().into_iter().filter(|c| c != "target").collect();
         let labels = data.to_strings("target").unwrap();
@@ -70,6 +75,7 @@ fn package(f: &Fixture) -> ModelPackage {
             features: f.features.clone(),
             input_schema: schema,
             scaler: Some(f.scaler.clone()),
+            pipeline: None,
             labels: f.encoder.clone(),
             label_column: "target".into(),
             metrics: [("test_accuracy".to_string(), f.report.accuracy)].into(),
@@ -191,4 +197,193 @@ fn training_is_reproducible_for_a_seed() {
     assert_eq!(proba(&a), proba(&b));
     let other = train(&TrainConfig { seed: 6, ..cfg.clone() }, &model, &data, None, None, &mut ()).unwrap();
     assert_ne!(proba(&a), proba(&other));
+}
+
+mod penguins {
+    //! A package with a kiln-data pipeline (imputation, scaling, one-hot), a reference profile
+    //! and an evaluation report, on the penguins data (text columns, missing values).
+
+    use std::collections::{BTreeMap, HashMap};
+
+    use kiln_data::pipeline::{Columns, HandleUnknown, ImputeStrategy, Step, Transform, Value};
+    use kiln_data::{
+        Dataset, DatasetProfile, LabelEncoder, Pipeline, ProfileOptions, Schema, SplitFractions, TrainSplit,
+        stratified_split,
+    };
+    use kiln_track::{RegisterOptions, Store};
+    use kiln_train::{
+        DeviceSpec, Error, EvalReport, Examples, ModelConfig, ModelPackage, PackageSpec, PromotionGate, TrainConfig,
+        train,
+    };
+
+    use super::repo_file;
+
+    struct Fitted {
+        package: ModelPackage,
+        test_frame: kiln_data::polars::prelude::DataFrame,
+        test_probabilities: ndarray::Array2<f32>,
+    }
+
+    fn fitted() -> Fitted {
+        let data = Dataset::load_csv(repo_file("data/penguins.csv")).unwrap();
+        let labels = data.to_strings("species").unwrap();
+        let split = stratified_split(&labels, SplitFractions::default(), 3).unwrap();
+        let pipeline = Pipeline::new()
+            .step(
+                Step::new("numbers", Columns::Numeric).impute(ImputeStrategy::Median, false).then(Transform::Standard),
+            )
+            .step(
+                Step::new("categories", Columns::Names(vec!["island".into(), "sex".into()]))
+                    .impute(ImputeStrategy::MostFrequent, true)
+                    .then(Transform::OneHot { handle_unknown: HandleUnknown::Ignore, min_frequency: None }),
+            )
+            .exclude("species")
+            .exclude("year");
+        let train_rows = TrainSplit::of_split(&data, &split).unwrap();
+        let fitted = pipeline.fit(&train_rows).unwrap();
+        let encoder = LabelEncoder::fit(&labels);
+        let classes = encoder.encode(&labels).unwrap();
+        let part = |rows: &[usize]| {
+            let frame = data.take(rows).unwrap().frame().clone();
+            let x = fitted.transform(&frame, "penguins.csv").unwrap();
+            (frame, Examples::new(x.mapv(|v| v as f32), rows.iter().map(|r| classes[*r]).collect()).unwrap())
+        };
+        let (_, train_set) = part(&split.train);
+        let (test_frame, test_set) = part(&split.test);
+        let model = ModelConfig::mlp(fitted.width(), &[16], encoder.len());
+        let config = TrainConfig { epochs: 30, device: DeviceSpec::Cpu, ..TrainConfig::default() };
+        let trained = train(&config, &model, &train_set, None, None, &mut ()).unwrap();
+        let test_probabilities = trained.classifier().unwrap().predict_proba(test_set.x.view()).unwrap();
+        let eval =
+            EvalReport::compute(&test_set.y, test_probabilities.mapv(f64::from).view(), &encoder.classes).unwrap();
+        let profile = DatasetProfile::of(train_rows.frame(), &ProfileOptions::default()).unwrap();
+        let package = ModelPackage::new(
+            &trained,
+            PackageSpec {
+                name: "penguins".into(),
+                train_config: config,
+                features: Vec::new(),
+                input_schema: Schema::new(Vec::new()),
+                scaler: None,
+                pipeline: Some(fitted),
+                labels: encoder,
+                label_column: "species".into(),
+                metrics: BTreeMap::new(),
+                lineage: Default::default(),
+            },
+        )
+        .unwrap()
+        .with_profile(profile)
+        .with_eval(eval);
+        Fitted { package, test_frame, test_probabilities }
+    }
+
+    fn records(frame: &kiln_data::polars::prelude::DataFrame) -> Vec<HashMap<String, Value>> {
+        let columns = ["island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex"];
+        (0..frame.height())
+            .map(|r| {
+                columns
+                    .iter()
+                    .map(|c| {
+                        let v = frame.column(c).unwrap().get(r).unwrap();
+                        let value = match v {
+                            kiln_data::polars::prelude::AnyValue::Null => Value::Null,
+                            kiln_data::polars::prelude::AnyValue::String(s) => Value::Text(s.to_string()),
+                            other => Value::Number(other.extract::<f64>().unwrap()),
+                        };
+                        (c.to_string(), value)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_package_with_pipeline_profile_and_eval_round_trips_and_predicts_identically() {
+        let f = fitted();
+        let dir = tempfile::tempdir().unwrap();
+        f.package.save(dir.path()).unwrap();
+        for file in ["kiln-package.json", "weights.mpk", "pipeline.json", "profile.json", "eval.json"] {
+            assert!(dir.path().join(file).is_file(), "{file}");
+        }
+        let read = ModelPackage::read(dir.path()).unwrap();
+        assert_eq!(read.pipeline(), f.package.pipeline());
+        assert_eq!(read.profile(), f.package.profile());
+        assert_eq!(read.eval(), f.package.eval());
+        assert!(read.manifest.metrics.contains_key("test_log_loss"));
+        // The pipeline's input columns, in step order.
+        let inputs = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "island", "sex"];
+        assert_eq!(read.manifest.features, inputs);
+
+        let predictor = read.into_predictor().unwrap();
+        let rows = records(&f.test_frame);
+        assert!(rows.iter().any(|r| r.values().any(|v| *v == Value::Null)), "the test rows include missing values");
+        let predicted = predictor.predict_records(&rows).unwrap();
+        for (p, want) in predicted.iter().zip(f.test_probabilities.rows()) {
+            assert_eq!(p.probabilities, want.to_vec(), "serving equals training bit for bit");
+        }
+        // A numeric-only call cannot carry the text columns: refused naming the column.
+        let err = predictor.predict(ndarray::Array2::<f64>::zeros((1, 6)).view()).unwrap_err();
+        assert!(matches!(&err, Error::Input { column, .. } if column == "island" || column == "sex"), "{err}");
+
+        let mut profile = std::fs::read_to_string(dir.path().join("profile.json")).unwrap();
+        profile.push(' ');
+        std::fs::write(dir.path().join("profile.json"), profile).unwrap();
+        let err = ModelPackage::read(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("profile.json") && err.contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn the_promotion_gate_registers_only_candidates_that_are_not_worse() {
+        let f = fitted();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let registry = store.registry();
+        let package_dir = dir.path().join("pkg");
+        f.package.save(&package_dir).unwrap();
+        let gate = PromotionGate {
+            thresholds: BTreeMap::from([("test_accuracy".into(), 0.8), ("test_log_loss".into(), 1.0)]),
+            lower_is_better: vec!["test_log_loss".into()],
+            tolerance: 0.01,
+        };
+        let options = |metrics: BTreeMap<String, f64>| RegisterOptions { metrics, ..Default::default() };
+        let metrics = f.package.manifest.metrics.clone();
+        let first = gate.promote(&registry, "penguins", "production", &package_dir, options(metrics.clone())).unwrap();
+        assert!(first.decision.passed, "{:?}", first.decision);
+        assert_eq!((first.version.as_ref().unwrap().version, first.replaced), (1, None));
+
+        let mut worse = metrics.clone();
+        *worse.get_mut("test_accuracy").unwrap() -= 0.05;
+        let refused = gate.promote(&registry, "penguins", "production", &package_dir, options(worse)).unwrap();
+        assert!(!refused.decision.passed && refused.version.is_none());
+        assert!(refused.decision.reasons[0].contains("worse than production"), "{:?}", refused.decision);
+        assert_eq!(registry.versions("penguins").unwrap().len(), 1, "a refused candidate is not registered");
+
+        let second = gate.promote(&registry, "penguins", "production", &package_dir, options(metrics)).unwrap();
+        assert_eq!((second.version.unwrap().version, second.replaced), (2, Some(1)));
+        assert_eq!(registry.resolve("penguins", "production").unwrap().version, 2);
+    }
+
+    #[test]
+    fn failure_checks_pass_for_a_schema_checked_numeric_model() {
+        let bc = super::fixture();
+        let predictor = super::package(bc).into_predictor().unwrap();
+        let reference = bc.raw.select(ndarray::Axis(0), &bc.test_rows);
+        let checks = predictor.failure_checks(reference.view());
+        let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "valid_probabilities",
+                "constant_inputs",
+                "out_of_range_values",
+                "missing_features",
+                "deterministic",
+                "batch_invariant"
+            ]
+        );
+        for c in &checks {
+            assert!(c.passed, "{c:?}");
+        }
+    }
 }

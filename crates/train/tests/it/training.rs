@@ -1,7 +1,7 @@
 //! The training loop: real data, checkpoints on disk, resume after a real kill.
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -14,11 +14,7 @@ use kiln_train::{
 };
 use ndarray::{Array2, Axis};
 
-fn repo_file(rel: &str) -> PathBuf {
-    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()))
-        .join("../..")
-        .join(rel)
-}
+use super::repo_file;
 
 struct Digits {
     train: Examples,
