@@ -91,8 +91,6 @@ fn main() -> Result<()> {
         dropout: 0.1,
         batch_norm: false,
     });
-    run.log_params(&config)?;
-    run.log_params(&serde_json::json!({ "model": &model, "model.num_params": model.num_params() }))?;
     run.log_param("split_seed", SEED)?;
     run.log_param("dataset", data_path)?;
     run.log_input(DatasetInput {

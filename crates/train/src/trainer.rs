@@ -188,7 +188,8 @@ impl Trained {
 
 /// Trains `model` on `train`, validating on `val` after each epoch.
 ///
-/// The loop follows `config`: optimiser, schedule, accumulation, clipping, class weights,
+/// The settings go to `run` as parameters (`train.*`, `model.*`, `model.num_params`). The
+/// loop follows `config`: optimiser, schedule, accumulation, clipping, class weights,
 /// early stopping on the monitored metric, checkpoints (see [`crate::checkpoint`] for the
 /// layout) and resume. Per-step loss and learning rate (`step_loss`, `lr`, at the optimiser
 /// step) and per-epoch metrics (`train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`,
@@ -596,8 +597,15 @@ impl Job<'_> {
             state = loaded.state;
             state.train_config = config.clone();
         }
-        if let Some(run) = run.as_deref() {
+        if let Some(run) = run.as_deref_mut() {
             state.run_id = Some(run.id().to_string());
+            // Overwritten, not logged: a resumed run may have changed an adjustable setting.
+            let params = serde_json::json!({
+                "train": config,
+                "model": self.arch,
+                "model.num_params": self.arch.num_params(),
+            });
+            run.overwrite_params(&params)?;
         }
         let listening = if ckpt.is_some_and(|c| c.handle_signals) { signals::Listening::start() } else { None };
 

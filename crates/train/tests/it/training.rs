@@ -418,3 +418,27 @@ fn sigterm_checkpoints_exits_with_the_requeue_status_and_resumes_exactly() {
     assert_eq!(resumed.resumed_from, Some(info.step));
     assert_same_training(&resumed, uninterrupted());
 }
+
+#[test]
+fn a_tracked_run_records_settings_and_every_step() {
+    let (train_set, val, model) = small();
+    let dir = tempfile::tempdir().unwrap();
+    let store = kiln_track::Store::open(dir.path()).unwrap();
+    let mut run = store.start_run("train-test").unwrap();
+    let config = TrainConfig { batch_size: 16, ..cpu(2) };
+    let trained = train(&config, &model, &train_set, Some(&val), Some(&mut run), &mut ()).unwrap();
+    let id = run.id().to_string();
+    run.finish().unwrap();
+    let record = store.run(&id).unwrap();
+    assert_eq!(record.params["train.seed"], serde_json::json!(42));
+    assert_eq!(record.params["model.kind"], serde_json::json!("mlp"));
+    assert_eq!(record.params["model.num_params"], serde_json::json!(model.num_params()));
+    let points = store.metrics(&id).unwrap();
+    let steps: Vec<(u64, f64)> = points.iter().filter(|p| p.key == "step_loss").map(|p| (p.step, p.value)).collect();
+    assert_eq!(steps.len() as u64, trained.steps);
+    for ((step, value), want) in steps.iter().zip(&trained.step_losses) {
+        assert!(*step >= 1 && value == want);
+    }
+    let val_loss: Vec<f64> = points.iter().filter(|p| p.key == "val_loss").map(|p| p.value).collect();
+    assert_eq!(val_loss, trained.history.iter().map(|e| e.val_loss.unwrap()).collect::<Vec<_>>());
+}
