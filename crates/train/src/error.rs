@@ -96,4 +96,60 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A line of a study journal is damaged (other than a torn last line, which is skipped),
+    /// breaks the journal's rules, or comes from a newer format.
+    #[error("{}: line {line}: {message}", path.display())]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A parameter was asked with another distribution than the study has for it.
+    #[error("parameter `{name}` is asked as {asked}, but the study has it as {existing}")]
+    DistributionMismatch {
+        /// The parameter.
+        name: String,
+        /// The distribution the study recorded first.
+        existing: String,
+        /// The distribution asked now.
+        asked: String,
+    },
+    /// The grid sampler has given every point of its grid to a trial.
+    #[error("the grid of study `{study}` is exhausted: all {points} points were given to trials")]
+    GridExhausted {
+        /// The study.
+        study: String,
+        /// Points in the grid.
+        points: u64,
+    },
+    /// The pruner stopped the trial: return this from an objective (see
+    /// `tune::Trial::pruned`) and `optimize` records the trial as pruned.
+    #[error("trial {trial} was pruned{}", step.map(|s| format!(" at step {s}")).unwrap_or_default())]
+    TrialPruned {
+        /// The trial.
+        trial: u64,
+        /// Its latest reported step.
+        step: Option<u64>,
+    },
+    /// An operation on a trial that has ended, e.g. one another worker failed as stale.
+    #[error("trial {trial} of study `{study}` is {state}, not running")]
+    TrialNotRunning {
+        /// The study.
+        study: String,
+        /// The trial.
+        trial: u64,
+        /// Its state.
+        state: String,
+    },
+    /// The study stored in a journal is not the one given.
+    #[error("{}: {message}", path.display())]
+    StudyMismatch {
+        /// The journal file.
+        path: PathBuf,
+        /// What differs.
+        message: String,
+    },
 }

@@ -22,6 +22,11 @@
 //! kiln-data, the input schema, label names, metrics and lineage; [`Predictor`] loads one and
 //! predicts from raw rows, which is exactly what kiln-serve does per request.
 //!
+//! [`tune`] is hyperparameter search in Optuna's model (define-by-run trials; random, grid
+//! and TPE samplers; median and successive-halving pruners) over a study journal that many
+//! processes on a shared file system append to at once, so each Slurm array task can be one
+//! worker; trials can be kiln-track child runs of the study's run.
+//!
 //! | feature | enables | default |
 //! |---|---|---|
 //! | `cuda` | burn's CUDA backend (the driver is loaded at run time; builds without a toolkit) | no |
@@ -52,6 +57,7 @@ mod eval;
 mod model;
 mod package;
 mod trainer;
+pub mod tune;
 
 pub use checkpoint::{CheckpointInfo, best_checkpoints, latest_checkpoint};
 pub use config::{

@@ -4,6 +4,7 @@
 
 mod eval;
 mod training;
+mod tune;
 
 /// A file of the repository, from the crate's directory.
 fn repo_file(rel: &str) -> PathBuf {
