@@ -682,8 +682,11 @@ impl Job<'_> {
                     state.epoch_loss_sum += loss_value * chunk.len() as f64;
                     state.epoch_correct +=
                         argmax(logits.detach()).iter().zip(chunk.iter()).filter(|(p, i)| **p == train.y[**i]).count();
-                    let share = chunk.len() as f32 / group_rows as f32;
-                    let grads = GradientsParams::from_grads((loss * share).backward(), &model);
+                    // Each batch's mean loss weighted by its share of the step's rows (no extra
+                    // graph node when the step is one batch).
+                    let scaled =
+                        if chunk.len() == group_rows { loss } else { loss * (chunk.len() as f32 / group_rows as f32) };
+                    let grads = GradientsParams::from_grads(scaled.backward(), &model);
                     if group_end - group_start == 1 {
                         grads_single = Some(grads);
                     } else {
