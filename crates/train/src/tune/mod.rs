@@ -24,6 +24,8 @@
 //! locking protocol and what it needs from the file system.
 //!
 //! With [`Tracking`], each trial is also a kiln-track run, a child of the study's run.
+//! [`PruneTraining`] connects a trial to [`crate::train`]: it reports each epoch's monitored
+//! metric and stops the training when the pruner says so.
 //!
 //! ```no_run
 //! use kiln_train::tune::{Direction, PrunerConfig, SamplerConfig, Study, StudyConfig, Trial};
@@ -56,6 +58,7 @@
 //! # Ok(()) }
 //! ```
 
+mod hooks;
 mod journal;
 mod math;
 mod pruner;
@@ -65,6 +68,7 @@ mod state;
 mod study;
 mod tpe;
 
+pub use hooks::PruneTraining;
 pub use journal::{JournalStats, ParamValue};
 pub use pruner::{MedianPruner, PrunerConfig, SuccessiveHalving};
 pub use sampler::{GridConfig, SamplerConfig};

@@ -442,3 +442,25 @@ fn a_tracked_run_records_settings_and_every_step() {
     let val_loss: Vec<f64> = points.iter().filter(|p| p.key == "val_loss").map(|p| p.value).collect();
     assert_eq!(val_loss, trained.history.iter().map(|e| e.val_loss.unwrap()).collect::<Vec<_>>());
 }
+
+#[test]
+fn the_study_pruner_stops_a_poor_training_through_its_hooks() {
+    use kiln_train::tune::{MedianPruner, PruneTraining, PrunerConfig, SamplerConfig, Study, StudyConfig, TrialState};
+    let (train_set, val, model) = small();
+    let pruner = PrunerConfig::Median(MedianPruner { n_startup_trials: 1, ..MedianPruner::default() });
+    let study = Study::in_memory(StudyConfig::new("prune").sampler(SamplerConfig::random(1)).pruner(pruner)).unwrap();
+    let run_trial = |learning_rate: f64| {
+        let mut trial = study.ask().unwrap();
+        let config = TrainConfig { learning_rate, batch_size: 16, ..cpu(6) };
+        let mut hooks = PruneTraining::new(&mut trial, MonitorMetric::ValLoss);
+        let trained = train(&config, &model, &train_set, Some(&val), None, &mut hooks).unwrap();
+        let pruned = hooks.was_pruned();
+        let epochs = trained.history.len();
+        let outcome =
+            if pruned { trial.prune() } else { trial.complete(trained.history[epochs - 1].val_loss.unwrap()) };
+        (outcome.unwrap().state, epochs)
+    };
+    assert_eq!(run_trial(1e-2), (TrialState::Complete, 6));
+    // A learning rate that barely moves the weights is worse than the median at epoch 1.
+    assert_eq!(run_trial(1e-7), (TrialState::Pruned, 1));
+}
