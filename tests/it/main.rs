@@ -48,7 +48,8 @@ fn two_quickstart_runs_leave_two_runs_and_two_versions() {
         assert_eq!(run.status(), RunStatus::Completed);
         assert!(run.final_metrics["test_accuracy"] >= 0.93, "test accuracy {}", run.final_metrics["test_accuracy"]);
         assert!(run.final_metrics.contains_key("val_loss") && run.final_metrics.contains_key("test_macro_f1"));
-        assert_eq!(run.params["epochs"], serde_json::json!(12));
+        assert_eq!(run.params["train.epochs"], serde_json::json!(12));
+        assert_eq!(run.params["model.hidden"], serde_json::json!([128, 64]));
         let env = run.environment.as_ref().unwrap();
         assert!(env.cpu_count >= 1 && !env.hostname.is_empty());
         assert_eq!(store.metrics(&run.meta.run_id).unwrap().iter().filter(|p| p.key == "train_loss").count(), 12);
