@@ -4,8 +4,11 @@
 //! registry by alias (`digits-mlp@production`). [`router`] gives the axum routes to embed in
 //! an application; [`ServerHandle::start`] runs them on a thread of their own, for
 //! synchronous programs and tests. Every request is checked against the model's input schema
-//! and preprocessed with the scaler fitted at training time, the same code path as
-//! [`kiln_train::Predictor::predict`] in process. [`Client`] is a blocking client.
+//! and preprocessed with the package's scaler or pipeline, the same code path as
+//! [`kiln_train::Predictor::predict`] in process; text features come as `BYTES` tensors.
+//! Requests to a model are batched dynamically on its own worker thread ([`BatchConfig`]:
+//! batch size, delay, a bounded queue answering 503 when full, per-request deadlines through
+//! the [`TIMEOUT_HEADER`]). [`Client`] is a blocking client.
 //!
 //! | feature | enables | default |
 //! |---|---|---|
@@ -24,13 +27,16 @@
 //! # Ok(()) }
 //! ```
 
+mod batcher;
 mod client;
 mod error;
+mod inputs;
 mod metrics;
 mod protocol;
 mod server;
 
+pub use batcher::BatchConfig;
 pub use client::Client;
 pub use error::{Error, Result};
 pub use protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
-pub use server::{LoadedModel, ServerHandle, router};
+pub use server::{LoadedModel, ServerHandle, TIMEOUT_HEADER, router};

@@ -73,15 +73,3 @@ pub struct ErrorBody {
     /// What went wrong.
     pub error: String,
 }
-
-/// Flattens nested JSON arrays of numbers, in row-major order.
-pub(crate) fn flatten_numbers(value: &serde_json::Value, out: &mut Vec<f64>) -> Result<(), String> {
-    match value {
-        serde_json::Value::Array(items) => items.iter().try_for_each(|v| flatten_numbers(v, out)),
-        serde_json::Value::Number(n) => {
-            out.push(n.as_f64().ok_or_else(|| format!("{n} is not representable as a number"))?);
-            Ok(())
-        }
-        other => Err(format!("expected a number, found {other}")),
-    }
-}

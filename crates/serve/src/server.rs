@@ -3,20 +3,22 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use kiln_data::pipeline::InputKind;
 use kiln_track::Store;
 use kiln_train::{ModelPackage, Predictor};
-use ndarray::Array2;
 use serde_json::json;
 
+use crate::batcher::{BatchConfig, Batcher, Outcome};
+use crate::inputs::{Signature, parse};
 use crate::metrics::Metrics;
-use crate::protocol::{ErrorBody, InferRequest, InferResponse, InferTensor, flatten_numbers};
+use crate::protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
 use crate::{Error, Result};
 
 /// A model ready to serve under a name and version.
@@ -27,7 +29,9 @@ pub struct LoadedModel {
     /// The version reported in responses (the registry version number).
     pub version: String,
     /// The loaded package.
-    pub predictor: Predictor,
+    pub predictor: Arc<Predictor>,
+    /// Batching and queueing of its requests.
+    pub batching: BatchConfig,
 }
 
 impl LoadedModel {
@@ -35,18 +39,41 @@ impl LoadedModel {
     /// `model` from a store's registry.
     pub fn from_registry(store: &Store, model: &str, reference: &str) -> Result<Self> {
         let version = store.registry().resolve(model, reference)?;
-        let predictor = ModelPackage::load(&version.package_dir)?;
-        Ok(Self { name: model.to_string(), version: version.version.to_string(), predictor })
+        let predictor = Arc::new(ModelPackage::load(&version.package_dir)?);
+        Ok(Self {
+            name: model.to_string(),
+            version: version.version.to_string(),
+            predictor,
+            batching: BatchConfig::default(),
+        })
     }
 
     /// Loads a package directory directly, under `name` and `version`.
     pub fn from_dir(name: &str, version: &str, dir: &std::path::Path) -> Result<Self> {
-        Ok(Self { name: name.to_string(), version: version.to_string(), predictor: ModelPackage::load(dir)? })
+        Ok(Self {
+            name: name.to_string(),
+            version: version.to_string(),
+            predictor: Arc::new(ModelPackage::load(dir)?),
+            batching: BatchConfig::default(),
+        })
+    }
+
+    /// Serves with these batching settings.
+    pub fn with_batching(mut self, batching: BatchConfig) -> Self {
+        self.batching = batching;
+        self
     }
 }
 
+/// A model being served: its package, input signature and batching worker.
+struct Served {
+    model: LoadedModel,
+    text: Vec<bool>,
+    batcher: Batcher,
+}
+
 struct AppState {
-    models: BTreeMap<String, Arc<LoadedModel>>,
+    models: BTreeMap<String, Arc<Served>>,
     metrics: Metrics,
 }
 
@@ -64,9 +91,13 @@ pub fn router(models: Vec<LoadedModel>) -> Result<Router> {
     let mut map = BTreeMap::new();
     for m in models {
         let name = m.name.clone();
-        if map.insert(name.clone(), Arc::new(m)).is_some() {
+        if map.contains_key(&name) {
             return Err(Error::DuplicateModel(name));
         }
+        let text = text_features(&m.predictor);
+        let batcher = Batcher::start(&name, Arc::clone(&m.predictor), m.batching)
+            .map_err(|e| Error::Server(format!("cannot start the worker of model {name:?}: {e}")))?;
+        map.insert(name, Arc::new(Served { model: m, text, batcher }));
     }
     let state = Arc::new(AppState { models: map, metrics: Metrics::default() });
     Ok(Router::new()
@@ -96,21 +127,26 @@ async fn server_metadata(State(state): State<Arc<AppState>>) -> Json<serde_json:
 }
 
 /// The model `name` (at `version`, if given), or the 404 to answer.
-fn find<'a>(
-    state: &'a AppState,
-    name: &str,
-    version: Option<&str>,
-) -> std::result::Result<&'a Arc<LoadedModel>, String> {
-    let Some(model) = state.models.get(name) else {
+fn find<'a>(state: &'a AppState, name: &str, version: Option<&str>) -> std::result::Result<&'a Arc<Served>, String> {
+    let Some(served) = state.models.get(name) else {
         let loaded: Vec<&str> = state.models.keys().map(String::as_str).collect();
         return Err(format!("model {name:?} is not loaded (loaded: {})", loaded.join(", ")));
     };
     match version {
-        Some(v) if v != model.version => {
-            Err(format!("model {name:?} version {v} is not loaded (serving version {})", model.version))
+        Some(v) if v != served.model.version => {
+            Err(format!("model {name:?} version {v} is not loaded (serving version {})", served.model.version))
         }
-        _ => Ok(model),
+        _ => Ok(served),
     }
+}
+
+/// Which of the package's features are text (a pipeline's text input columns).
+fn text_features(predictor: &Predictor) -> Vec<bool> {
+    let text: Vec<&str> = predictor
+        .pipeline()
+        .map(|p| p.input_schema.iter().filter(|c| c.kind == InputKind::Text).map(|c| c.name.as_str()).collect())
+        .unwrap_or_default();
+    predictor.manifest().features.iter().map(|f| text.contains(&f.as_str())).collect()
 }
 
 async fn model_metadata(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
@@ -125,16 +161,25 @@ async fn model_metadata_versioned(
 }
 
 fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Response {
-    let model = match find(state, name, version) {
+    let served = match find(state, name, version) {
         Ok(m) => m,
         Err(message) => return error(StatusCode::NOT_FOUND, message),
     };
-    let m = model.predictor.manifest();
+    let m = served.model.predictor.manifest();
+    let mut inputs: Vec<serde_json::Value> = m
+        .features
+        .iter()
+        .zip(&served.text)
+        .map(|(f, text)| json!({"name": f, "datatype": if *text { "BYTES" } else { "FP64" }, "shape": [-1]}))
+        .collect();
+    if !served.text.iter().any(|t| *t) {
+        inputs.insert(0, json!({"name": "input", "datatype": "FP64", "shape": [-1, m.features.len()]}));
+    }
     Json(json!({
-        "name": model.name,
-        "versions": [model.version],
+        "name": served.model.name,
+        "versions": [served.model.version],
         "platform": format!("kiln/{}", m.kind),
-        "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, m.features.len()]}],
+        "inputs": inputs,
         "outputs": [
             {"name": "label", "datatype": "BYTES", "shape": [-1]},
             {"name": "class", "datatype": "INT64", "shape": [-1]},
@@ -145,6 +190,7 @@ fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Response {
             "labels": m.labels.classes,
             "metrics": m.metrics,
             "lineage": m.lineage,
+            "batching": served.model.batching,
         },
     }))
     .into_response()
@@ -152,7 +198,7 @@ fn metadata(state: &AppState, name: &str, version: Option<&str>) -> Response {
 
 async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
     match find(&state, &name, None) {
-        Ok(m) => Json(json!({"name": m.name, "ready": true})).into_response(),
+        Ok(m) => Json(json!({"name": m.model.name, "ready": true})).into_response(),
         Err(message) => error(StatusCode::NOT_FOUND, message),
     }
 }
@@ -161,159 +207,117 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
-async fn infer(State(state): State<Arc<AppState>>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
-    run_infer(state, name, None, body).await
+async fn infer(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    run_infer(state, name, None, &headers, body).await
 }
 
 async fn infer_versioned(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
-    run_infer(state, name, Some(version), body).await
+    run_infer(state, name, Some(version), &headers, body).await
 }
 
-async fn run_infer(state: Arc<AppState>, name: String, version: Option<String>, body: axum::body::Bytes) -> Response {
+/// The header a client sets to bound how long its request may take, in milliseconds.
+pub const TIMEOUT_HEADER: &str = "kiln-timeout-ms";
+
+async fn run_infer(
+    state: Arc<AppState>,
+    name: String,
+    version: Option<String>,
+    headers: &HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
     let started = Instant::now();
-    let model = match find(&state, &name, version.as_deref()) {
+    let served = match find(&state, &name, version.as_deref()) {
         Ok(m) => Arc::clone(m),
         Err(message) => return error(StatusCode::NOT_FOUND, message),
     };
-    let request: InferRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            state.metrics.record(&name, 400, 0, started.elapsed());
-            return error(StatusCode::BAD_REQUEST, format!("invalid inference request: {e}"));
-        }
-    };
-    let rows = match request_rows(&request, &model.predictor.manifest().features) {
-        Ok(r) => r,
-        Err(message) => {
-            state.metrics.record(&name, 400, 0, started.elapsed());
-            return error(StatusCode::BAD_REQUEST, message);
-        }
-    };
-    let n = rows.nrows();
-    let worker = Arc::clone(&model);
-    let result = tokio::task::spawn_blocking(move || worker.predictor.predict(rows.view())).await;
-    let response = match result {
-        Ok(Ok(predictions)) => {
-            let classes = model.predictor.manifest().labels.len();
-            let labels: Vec<&str> = predictions.iter().map(|p| p.label.as_str()).collect();
-            let class: Vec<i64> = predictions.iter().map(|p| p.class as i64).collect();
-            let probs: Vec<f32> = predictions.iter().flat_map(|p| p.probabilities.iter().copied()).collect();
-            let body = InferResponse {
-                model_name: model.name.clone(),
-                model_version: model.version.clone(),
-                id: request.id,
-                outputs: vec![
-                    InferTensor {
-                        name: "label".into(),
-                        shape: vec![n as i64],
-                        datatype: "BYTES".into(),
-                        data: json!(labels),
-                    },
-                    InferTensor {
-                        name: "class".into(),
-                        shape: vec![n as i64],
-                        datatype: "INT64".into(),
-                        data: json!(class),
-                    },
-                    InferTensor {
-                        name: "probabilities".into(),
-                        shape: vec![n as i64, classes as i64],
-                        datatype: "FP32".into(),
-                        data: json!(probs),
-                    },
-                ],
-            };
-            Json(body).into_response()
-        }
-        Ok(Err(e @ (kiln_train::Error::Input { .. } | kiln_train::Error::Shape(_)))) => {
-            error(StatusCode::BAD_REQUEST, e.to_string())
-        }
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")),
-    };
-    state.metrics.record(&name, response.status().as_u16(), n, started.elapsed());
+    let _in_flight = state.metrics.in_flight(&name);
+    let (response, rows) = answer(&served, &state.metrics, headers, &body, started).await;
+    state.metrics.record(&name, &served.model.version, response.status().as_u16(), rows, started.elapsed());
     response
 }
 
-/// Turns the request's tensors into a `rows × features` matrix: either one tensor of shape
-/// `[rows, features]`, or one `[rows]` (or `[rows, 1]`) tensor per feature, named after it.
-fn request_rows(request: &InferRequest, features: &[String]) -> std::result::Result<Array2<f64>, String> {
-    const NUMERIC: [&str; 10] =
-        ["FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32"];
-    let decode = |t: &InferTensor| -> std::result::Result<Vec<f64>, String> {
-        if !NUMERIC.contains(&t.datatype.as_str()) {
-            return Err(format!(
-                "input `{}`: datatype {} is not numeric (use FP32, FP64 or an INT type)",
-                t.name, t.datatype
-            ));
-        }
-        if t.shape.iter().any(|d| *d < 0) {
-            return Err(format!("input `{}`: shape {:?} has a negative dimension", t.name, t.shape));
-        }
-        let mut values = Vec::new();
-        flatten_numbers(&t.data, &mut values).map_err(|e| format!("input `{}`: {e}", t.name))?;
-        let Some(expected) = t.shape.iter().try_fold(1i64, |n, d| n.checked_mul(*d)) else {
-            return Err(format!("input `{}`: shape {:?} is too large", t.name, t.shape));
-        };
-        if values.len() as i64 != expected {
-            return Err(format!(
-                "input `{}`: shape {:?} needs {expected} values, got {}",
-                t.name,
-                t.shape,
-                values.len()
-            ));
-        }
-        Ok(values)
+async fn answer(
+    served: &Served,
+    metrics: &Metrics,
+    headers: &HeaderMap,
+    body: &[u8],
+    started: Instant,
+) -> (Response, usize) {
+    let bad = |message: String| (error(StatusCode::BAD_REQUEST, message), 0);
+    let request: InferRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return bad(format!("invalid inference request: {e}")),
     };
-    match request.inputs.as_slice() {
-        [] => Err("the request has no inputs".into()),
-        [t] if !(features.len() == 1 && t.name == features[0]) => {
-            let values = decode(t)?;
-            let (rows, cols) = match t.shape.as_slice() {
-                [r, c] => (*r as usize, *c as usize),
-                [c] => (1, *c as usize),
-                other => {
-                    return Err(format!(
-                        "input `{}`: expected shape [rows, {}], got {other:?}",
-                        t.name,
-                        features.len()
-                    ));
-                }
+    let signature = Signature { features: &served.model.predictor.manifest().features, text: &served.text };
+    let input = match parse(&request, &signature) {
+        Ok(input) => input,
+        Err(message) => return bad(message),
+    };
+    let timeout = match headers.get(TIMEOUT_HEADER).map(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok())) {
+        None => served.model.batching.default_timeout,
+        Some(Some(ms)) => Duration::from_millis(ms),
+        Some(None) => return bad(format!("header {TIMEOUT_HEADER}: expected milliseconds as a whole number")),
+    };
+    let rows = input.rows();
+    let deadline = started + timeout;
+    let Ok(outcome) = served.batcher.submit(input, deadline) else {
+        let mut response = error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("model {:?} is overloaded: its queue is full; retry shortly", served.model.name),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return (response, 0);
+    };
+    let outcome = match tokio::time::timeout_at(deadline.into(), outcome).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => return (error(StatusCode::INTERNAL_SERVER_ERROR, "the model's worker stopped"), 0),
+        Err(_) => Outcome::Expired,
+    };
+    match outcome {
+        Outcome::Done { predictions, queued, batch_rows } => {
+            metrics.batch(&served.model.name, queued, batch_rows);
+            let n = predictions.len();
+            let classes = served.model.predictor.manifest().labels.len();
+            let labels: Vec<&str> = predictions.iter().map(|p| p.label.as_str()).collect();
+            let class: Vec<i64> = predictions.iter().map(|p| p.class as i64).collect();
+            let probs: Vec<f32> = predictions.iter().flat_map(|p| p.probabilities.iter().copied()).collect();
+            let tensor = |name: &str, shape: Vec<i64>, datatype: &str, data: serde_json::Value| InferTensor {
+                name: name.into(),
+                shape,
+                datatype: datatype.into(),
+                data,
             };
-            if cols != features.len() {
-                return Err(format!(
-                    "input `{}`: the model takes {} features per row, the shape says {cols}",
-                    t.name,
-                    features.len()
-                ));
-            }
-            Array2::from_shape_vec((rows, cols), values).map_err(|e| e.to_string())
+            let body = InferResponse {
+                model_name: served.model.name.clone(),
+                model_version: served.model.version.clone(),
+                id: request.id,
+                outputs: vec![
+                    tensor("label", vec![n as i64], "BYTES", json!(labels)),
+                    tensor("class", vec![n as i64], "INT64", json!(class)),
+                    tensor("probabilities", vec![n as i64, classes as i64], "FP32", json!(probs)),
+                ],
+            };
+            (Json(body).into_response(), rows)
         }
-        tensors => {
-            let mut columns: Vec<Option<Vec<f64>>> = vec![None; features.len()];
-            for t in tensors {
-                let j = features
-                    .iter()
-                    .position(|f| *f == t.name)
-                    .ok_or_else(|| format!("input `{}` is not a feature of this model (expected one [rows, {}] tensor or one tensor per feature)", t.name, features.len()))?;
-                columns[j] = Some(decode(t)?);
-            }
-            let missing: Vec<&str> =
-                features.iter().zip(&columns).filter(|(_, c)| c.is_none()).map(|(f, _)| f.as_str()).collect();
-            if !missing.is_empty() {
-                return Err(format!("missing inputs for features: {}", missing.join(", ")));
-            }
-            let columns: Vec<Vec<f64>> = columns.into_iter().flatten().collect();
-            let rows = columns[0].len();
-            if let Some((f, c)) = features.iter().zip(&columns).find(|(_, c)| c.len() != rows) {
-                return Err(format!("input `{f}` has {} rows, `{}` has {rows}", c.len(), features[0]));
-            }
-            Ok(Array2::from_shape_fn((rows, features.len()), |(i, j)| columns[j][i]))
-        }
+        Outcome::Invalid(message) => bad(message),
+        Outcome::Expired => (
+            error(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("deadline of {} ms passed before the model answered", timeout.as_millis()),
+            ),
+            0,
+        ),
+        Outcome::Failed(message) => (error(StatusCode::INTERNAL_SERVER_ERROR, message), 0),
     }
 }
 

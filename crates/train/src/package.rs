@@ -404,6 +404,13 @@ impl Predictor {
     /// once for the whole batch. A pipeline with text inputs needs
     /// [`Predictor::predict_records`].
     pub fn predict(&self, rows: ArrayView2<'_, f64>) -> Result<Vec<Prediction>> {
+        self.predict_prepared(self.prepare(rows)?)
+    }
+
+    /// The model inputs for numeric raw rows: [`Predictor::predict`] without running the
+    /// model. A server prepares each request on its own (so one bad request fails alone),
+    /// stacks the prepared rows of many requests and runs [`Predictor::predict_prepared`] once.
+    pub fn prepare(&self, rows: ArrayView2<'_, f64>) -> Result<Array2<f64>> {
         let features = &self.manifest.features;
         if rows.ncols() != features.len() {
             return Err(Error::Shape(format!(
@@ -441,12 +448,18 @@ impl Predictor {
             }
             (None, None) => rows.to_owned(),
         };
-        self.finish(x)
+        self.check_finite(&x)?;
+        Ok(x)
     }
 
     /// Predicts rows given as column → value (numbers, text, or null for missing), through
     /// the package's pipeline; without a pipeline the numeric features are taken by name.
     pub fn predict_records(&self, records: &[HashMap<String, Value>]) -> Result<Vec<Prediction>> {
+        self.predict_prepared(self.prepare_records(records)?)
+    }
+
+    /// The model inputs for records: [`Predictor::predict_records`] without running the model.
+    pub fn prepare_records(&self, records: &[HashMap<String, Value>]) -> Result<Array2<f64>> {
         match &self.pipeline {
             Some(pipeline) => {
                 let mut out = Array2::zeros((records.len(), pipeline.width()));
@@ -454,7 +467,8 @@ impl Predictor {
                     let values = pipeline.transform_row(record).map_err(|e| at_row(e, i))?;
                     out.row_mut(i).assign(&ndarray::ArrayView1::from(&values));
                 }
-                self.finish(out)
+                self.check_finite(&out)?;
+                Ok(out)
             }
             None => {
                 let features = &self.manifest.features;
@@ -474,7 +488,7 @@ impl Predictor {
                         return Err(Error::Input { row: i + 1, column: f.clone(), expected, found });
                     }
                 }
-                self.predict(rows.view())
+                self.prepare(rows.view())
             }
         }
     }
@@ -490,15 +504,27 @@ impl Predictor {
         Ok(())
     }
 
-    fn finish(&self, x: Array2<f64>) -> Result<Vec<Prediction>> {
-        if let Some(((row, feature), v)) = x.indexed_iter().find(|(_, v)| !v.is_finite()) {
-            let name = self.feature_name(feature);
-            return Err(Error::Input {
+    fn check_finite(&self, x: &Array2<f64>) -> Result<()> {
+        match x.indexed_iter().find(|(_, v)| !v.is_finite()) {
+            Some(((row, feature), v)) => Err(Error::Input {
                 row: row + 1,
-                column: name,
+                column: self.feature_name(feature),
                 expected: "a value that preprocesses to a finite number".into(),
                 found: v.to_string(),
-            });
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the model on prepared inputs ([`Predictor::prepare`], possibly of many requests
+    /// stacked), once for the whole batch.
+    pub fn predict_prepared(&self, x: Array2<f64>) -> Result<Vec<Prediction>> {
+        if x.ncols() != self.manifest.model.inputs() {
+            return Err(Error::Shape(format!(
+                "prepared rows have {} values, the model takes {}",
+                x.ncols(),
+                self.manifest.model.inputs()
+            )));
         }
         let probs = self.classifier.predict_proba(x.mapv(|v| v as f32).view())?;
         Ok(probs

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use kiln_data::{ColumnSpec, LabelEncoder, Schema, StandardScaler};
-use kiln_serve::{Client, InferResponse, LoadedModel, ServerHandle};
+use kiln_serve::{BatchConfig, Client, InferResponse, LoadedModel, ServerHandle};
 use kiln_track::{RegisterOptions, Store};
 use kiln_train::{DeviceSpec, Examples, ModelConfig, ModelPackage, PackageSpec, TrainConfig, train};
 use ndarray::Array2;
@@ -117,7 +117,7 @@ fn bad_requests_get_clear_errors_and_are_counted() {
     let server = ServerHandle::start("127.0.0.1:0", vec![LoadedModel::from_dir("toy", "7", &pkg).unwrap()]).unwrap();
     let url = format!("{}/v2/models/toy/infer", server.url());
 
-    let cases: [(&str, u16, &str); 7] = [
+    let cases: [(&str, u16, &str); 14] = [
         (
             r#"{"inputs": [{"name": "input", "shape": [4611686018427387904, 4], "datatype": "FP32", "data": [1]}]}"#,
             400,
@@ -143,7 +143,42 @@ fn bad_requests_get_clear_errors_and_are_counted() {
         (
             r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "BYTES", "data": ["x", "y", "z"]}]}"#,
             400,
-            "not numeric",
+            "must be numeric",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "INT64", "data": [1, 2.5, 3]}]}"#,
+            400,
+            "input `input` (INT64), value 1: 2.5 is not an integer",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP32", "data": [1, "2", 3]}]}"#,
+            400,
+            "value 1: expected a number or null",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [1, 3], "datatype": "COMPLEX", "data": [1, 2, 3]}]}"#,
+            400,
+            "datatype \"COMPLEX\" is not supported",
+        ),
+        (
+            r#"{"inputs": [{"name": "input", "shape": [-1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}"#,
+            400,
+            "negative dimension",
+        ),
+        (
+            r#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}, {"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}]}"#,
+            400,
+            "input `a` is given twice",
+        ),
+        (
+            r#"{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": [1]}, {"name": "b", "shape": [1], "datatype": "FP32", "data": [1]}]}"#,
+            400,
+            "missing inputs for features: c",
+        ),
+        (
+            r#"{"inputs": [{"name": "a", "shape": [1], "datatype": "BYTES", "data": ["1"]}, {"name": "b", "shape": [1], "datatype": "FP32", "data": [1]}]}"#,
+            400,
+            "input `a`: the feature is numeric, got BYTES",
         ),
     ];
     for (body, status, text) in cases {
@@ -166,8 +201,13 @@ fn bad_requests_get_clear_errors_and_are_counted() {
     assert_eq!(meta["inputs"][0]["shape"], json!([-1, 3]));
     assert_eq!(meta["parameters"]["labels"], json!(["low", "high"]));
     let metrics = ureq::get(&format!("{}/metrics", server.url())).call().unwrap().body_mut().read_to_string().unwrap();
-    assert!(metrics.contains(r#"kiln_infer_requests_total{model="toy",code="400"} 7"#), "{metrics}");
-    assert!(metrics.contains(r#"kiln_infer_rows_total{model="toy",code="200"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"kiln_infer_requests_total{model="toy",version="7",code="400"} 14"#), "{metrics}");
+    assert!(metrics.contains(r#"kiln_infer_rows_total{model="toy",version="7",code="200"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"kiln_infer_in_flight{model="toy"} 0"#), "{metrics}");
+    let bad_timeout = ureq::Agent::config_builder().http_status_as_error(false).build();
+    let bad_timeout: ureq::Agent = bad_timeout.into();
+    let resp = bad_timeout.post(&url).header("kiln-timeout-ms", "soon").content_type("application/json").send(good);
+    assert_eq!(resp.unwrap().status().as_u16(), 400);
     let err = client.infer("toy", &[vec![1.0, 2.0]]).unwrap_err().to_string();
     assert!(err.contains("HTTP 400") && err.contains("takes 3 features"), "{err}");
     server.shutdown().unwrap();
@@ -182,4 +222,140 @@ fn loading_errors_name_what_is_missing() {
     let err = LoadedModel::from_dir("x", "1", &dir.path().join("missing")).unwrap_err().to_string();
     assert!(err.contains("kiln-package.json"), "{err}");
     assert!(ServerHandle::start("256.0.0.1:0", Vec::new()).is_err());
+}
+
+fn toy_server(dir: &std::path::Path, batching: BatchConfig) -> ServerHandle {
+    let pkg = package_dir(dir);
+    ServerHandle::start("127.0.0.1:0", vec![LoadedModel::from_dir("toy", "1", &pkg).unwrap().with_batching(batching)])
+        .unwrap()
+}
+
+fn one_row(row: &[f64]) -> String {
+    json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [row]}]}).to_string()
+}
+
+fn metrics_text(server: &ServerHandle) -> String {
+    ureq::get(&format!("{}/metrics", server.url())).call().unwrap().body_mut().read_to_string().unwrap()
+}
+
+#[test]
+fn sixty_four_concurrent_clients_get_their_own_answers_from_shared_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let batching = BatchConfig { max_delay: std::time::Duration::from_millis(20), ..BatchConfig::default() };
+    let server = toy_server(dir.path(), batching);
+    let input = rows(64);
+    let expected = ModelPackage::load(&dir.path().join("pkg")).unwrap().predict(input.view()).unwrap();
+    let url = format!("{}/v2/models/toy/infer", server.url());
+    let barrier = std::sync::Barrier::new(64);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..64)
+            .map(|i| {
+                let (url, input, barrier) = (&url, &input, &barrier);
+                scope.spawn(move || {
+                    barrier.wait();
+                    raw_post(url, &one_row(&input.row(i).to_vec()))
+                })
+            })
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let (status, answer) = h.join().unwrap();
+            assert_eq!(status, 200, "{answer}");
+            assert_eq!(answer["outputs"][0]["data"][0], json!(expected[i].label), "row {i}");
+        }
+    });
+    let metrics = metrics_text(&server);
+    let alone: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with(r#"kiln_infer_batch_rows_bucket{model="toy",le="1"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(alone < 64, "requests shared batches: only {alone} of 64 ran alone\n{metrics}");
+    assert!(metrics.contains(r#"kiln_infer_requests_total{model="toy",version="1",code="200"} 64"#), "{metrics}");
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two requests may wait; a batch forms for 800 ms, so the third is refused.
+    let batching = BatchConfig {
+        queue_capacity: 2,
+        max_delay: std::time::Duration::from_millis(800),
+        max_batch_rows: 1000,
+        ..BatchConfig::default()
+    };
+    let server = toy_server(dir.path(), batching);
+    let url = format!("{}/v2/models/toy/infer", server.url());
+    let body = one_row(&[1.0, 2.0, 3.0]);
+    std::thread::scope(|scope| {
+        let waiting: Vec<_> = (0..2).map(|_| scope.spawn(|| raw_post(&url, &body))).collect();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let mut refused = agent.post(&url).content_type("application/json").send(&body).unwrap();
+        assert_eq!(refused.status().as_u16(), 503);
+        assert_eq!(refused.headers().get("retry-after").unwrap(), "1");
+        let text = refused.body_mut().read_to_string().unwrap();
+        assert!(text.contains("overloaded"), "{text}");
+        for w in waiting {
+            assert_eq!(w.join().unwrap().0, 200);
+        }
+    });
+    assert_eq!(raw_post(&url, &body).0, 200, "answered once the queue drained");
+    assert!(metrics_text(&server).contains(r#"code="503"} 1"#));
+}
+
+#[test]
+fn a_request_whose_deadline_passes_in_the_queue_answers_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let batching = BatchConfig {
+        max_delay: std::time::Duration::from_millis(400),
+        max_batch_rows: 1000,
+        ..BatchConfig::default()
+    };
+    let server = toy_server(dir.path(), batching);
+    let url = format!("{}/v2/models/toy/infer", server.url());
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut resp = agent
+        .post(&url)
+        .header(kiln_serve::TIMEOUT_HEADER, "50")
+        .content_type("application/json")
+        .send(&one_row(&[1.0, 2.0, 3.0]))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 504);
+    assert!(resp.body_mut().read_to_string().unwrap().contains("deadline of 50 ms"));
+    // Without a header the default deadline (10 s) leaves room for the batch delay.
+    assert_eq!(raw_post(&url, &one_row(&[1.0, 2.0, 3.0])).0, 200);
+}
+
+#[test]
+fn nested_flat_and_per_feature_tensors_of_every_numeric_type_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = toy_server(dir.path(), BatchConfig::unbatched());
+    let url = format!("{}/v2/models/toy/infer", server.url());
+    let bodies = [
+        json!({"inputs": [{"name": "input", "shape": [2, 3], "datatype": "FP32", "data": [[1, 2, 3], [4, 5, 6]]}]}),
+        json!({"inputs": [{"name": "input", "shape": [2, 3], "datatype": "INT64", "data": [1, 2, 3, 4, 5, 6]}]}),
+        json!({"inputs": [
+            {"name": "a", "shape": [2], "datatype": "INT32", "data": [1, 4]},
+            {"name": "b", "shape": [2, 1], "datatype": "FP64", "data": [[2], [5]]},
+            {"name": "c", "shape": [2], "datatype": "UINT8", "data": [3, 6]},
+        ]}),
+    ];
+    let answers: Vec<serde_json::Value> = bodies
+        .iter()
+        .map(|b| {
+            let (status, answer) = raw_post(&url, &b.to_string());
+            assert_eq!(status, 200, "{b}: {answer}");
+            answer["outputs"].clone()
+        })
+        .collect();
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0], answers[2]);
+    // BOOL features are 0/1; null is a missing value, which this scaler model refuses by name.
+    let missing = json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [1, null, 3]}]});
+    let (status, answer) = raw_post(&url, &missing.to_string());
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("feature `b`"), "{answer}");
+    let bools =
+        json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true]}]});
+    assert_eq!(raw_post(&url, &bools.to_string()).0, 200);
 }
