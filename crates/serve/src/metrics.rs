@@ -66,6 +66,9 @@ impl Default for ModelStats {
     }
 }
 
+/// A counter family: name, help text, and which of (requests, rows) it renders.
+type CounterFamily = (&'static str, &'static str, fn(&(u64, u64)) -> u64);
+
 /// A histogram family: name, help text, and which histogram of a model it renders.
 type HistogramFamily = (&'static str, &'static str, fn(&ModelStats) -> &Histogram);
 
@@ -122,31 +125,18 @@ impl Metrics {
         let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
-        header(
-            &mut out,
-            "kiln_infer_requests_total",
-            "counter",
-            "Inference requests by model, version and HTTP status.",
-        );
-        for (model, s) in map.iter() {
-            for ((version, code), (requests, _)) in &s.requests {
-                let _ = writeln!(
-                    out,
-                    "kiln_infer_requests_total{{model=\"{}\",version=\"{}\",code=\"{code}\"}} {requests}",
-                    escape(model),
-                    escape(version)
-                );
-            }
-        }
-        header(&mut out, "kiln_infer_rows_total", "counter", "Rows predicted by model, version and HTTP status.");
-        for (model, s) in map.iter() {
-            for ((version, code), (_, rows)) in &s.requests {
-                let _ = writeln!(
-                    out,
-                    "kiln_infer_rows_total{{model=\"{}\",version=\"{}\",code=\"{code}\"}} {rows}",
-                    escape(model),
-                    escape(version)
-                );
+        let counters: [CounterFamily; 2] = [
+            ("kiln_infer_requests_total", "Inference requests by model, version and HTTP status.", |c| c.0),
+            ("kiln_infer_rows_total", "Rows predicted by model, version and HTTP status.", |c| c.1),
+        ];
+        for (name, help, value) in counters {
+            header(&mut out, name, "counter", help);
+            for (model, s) in map.iter() {
+                for ((version, code), c) in &s.requests {
+                    let (model, version) = (escape(model), escape(version));
+                    let _ =
+                        writeln!(out, "{name}{{model=\"{model}\",version=\"{version}\",code=\"{code}\"}} {}", value(c));
+                }
             }
         }
         let families: [HistogramFamily; 3] = [
