@@ -18,7 +18,9 @@ use crate::inputs::Input;
 pub struct BatchConfig {
     /// Most rows run through the model at once (a larger request still runs whole).
     pub max_batch_rows: usize,
-    /// How long the first request of a batch waits for others (0: no batching).
+    /// How long the first request of a batch waits for more. At 0 (the default) batching is
+    /// opportunistic: a batch is whatever queued while the model was busy, so a lone request
+    /// never waits, and batches grow with the load.
     #[serde(with = "millis")]
     pub max_delay: Duration,
     /// Requests admitted and not yet answered (queued, or in a forming batch); beyond this a
@@ -33,7 +35,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         Self {
             max_batch_rows: 64,
-            max_delay: Duration::from_micros(500),
+            max_delay: Duration::ZERO,
             queue_capacity: 1024,
             default_timeout: Duration::from_secs(10),
         }
@@ -41,7 +43,7 @@ impl Default for BatchConfig {
 }
 
 impl BatchConfig {
-    /// No batching: each request runs alone as soon as the worker is free.
+    /// No batching: each request runs alone, in arrival order.
     pub fn unbatched() -> Self {
         Self { max_batch_rows: 1, max_delay: Duration::ZERO, ..Self::default() }
     }

@@ -8,7 +8,8 @@
 //! [`kiln_train::Predictor::predict`] in process; text features come as `BYTES` tensors.
 //! Requests to a model are batched dynamically on its own worker thread ([`BatchConfig`]:
 //! batch size, delay, a bounded queue answering 503 when full, per-request deadlines through
-//! the [`TIMEOUT_HEADER`]). [`Client`] is a blocking client.
+//! the [`TIMEOUT_HEADER`]). [`Client`] is a blocking client; [`run_load`] is a closed- and
+//! open-loop load generator for any KServe v2 server.
 //!
 //! | feature | enables | default |
 //! |---|---|---|
@@ -31,6 +32,7 @@ mod batcher;
 mod client;
 mod error;
 mod inputs;
+pub mod load;
 mod metrics;
 mod protocol;
 mod server;
@@ -38,5 +40,6 @@ mod server;
 pub use batcher::BatchConfig;
 pub use client::Client;
 pub use error::{Error, Result};
+pub use load::{LoadMode, LoadReport, LoadSpec, run_load};
 pub use protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
 pub use server::{LoadedModel, ServerHandle, TIMEOUT_HEADER, router};

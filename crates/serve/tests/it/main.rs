@@ -359,3 +359,35 @@ fn nested_flat_and_per_feature_tensors_of_every_numeric_type_agree() {
         json!({"inputs": [{"name": "input", "shape": [1, 3], "datatype": "BOOL", "data": [true, false, true]}]});
     assert_eq!(raw_post(&url, &bools.to_string()).0, 200);
 }
+
+#[test]
+fn the_load_generator_measures_closed_and_open_loops() {
+    use kiln_serve::{LoadMode, LoadSpec, run_load};
+    let dir = tempfile::tempdir().unwrap();
+    let server = toy_server(dir.path(), BatchConfig::default());
+    let url = format!("{}/v2/models/toy/infer", server.url());
+    let bodies: Vec<String> = rows(16).rows().into_iter().map(|r| one_row(&r.to_vec())).collect();
+    let closed = LoadSpec {
+        url: url.clone(),
+        bodies: bodies.clone(),
+        mode: LoadMode::Closed { concurrency: 8 },
+        requests: 400,
+        warmup: 20,
+    };
+    let report = run_load(&closed).unwrap();
+    assert_eq!((report.requests, report.errors()), (400, 0), "{report:?}");
+    assert!(report.p50_ms > 0.0 && report.p50_ms <= report.p99_ms && report.p99_ms <= report.max_ms, "{report:?}");
+    assert!(report.throughput > 0.0);
+    // 100 requests at 200/s take half a second whatever the server's speed.
+    let open =
+        LoadSpec { mode: LoadMode::Open { rate: 200.0, workers: 4 }, requests: 100, warmup: 0, ..closed.clone() };
+    let report = run_load(&open).unwrap();
+    assert_eq!(report.errors(), 0);
+    assert!((0.45..1.5).contains(&report.seconds), "{report:?}");
+    let mut bad = closed.clone();
+    bad.url = format!("{}/v2/models/ghost/infer", server.url());
+    bad.requests = 5;
+    bad.warmup = 0;
+    assert_eq!(run_load(&bad).unwrap().statuses.get(&404), Some(&5));
+    assert!(run_load(&LoadSpec { bodies: Vec::new(), ..closed }).is_err());
+}
