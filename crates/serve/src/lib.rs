@@ -34,6 +34,7 @@ mod error;
 mod inputs;
 pub mod load;
 mod metrics;
+mod openapi;
 mod protocol;
 mod server;
 
@@ -42,4 +43,4 @@ pub use client::Client;
 pub use error::{Error, Result};
 pub use load::{LoadMode, LoadReport, LoadSpec, run_load};
 pub use protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
-pub use server::{LoadedModel, ServerHandle, TIMEOUT_HEADER, router};
+pub use server::{LoadedModel, ServeOptions, ServerHandle, TIMEOUT_HEADER, router, router_with};

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::batcher::{BatchConfig, Batcher, Outcome};
 use crate::inputs::{Signature, parse};
 use crate::metrics::Metrics;
+use crate::openapi::ROUTES;
 use crate::protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
 use crate::{Error, Result};
 
@@ -86,8 +87,14 @@ struct AppState {
 /// | `GET /v2/models/{name}` (`/versions/{v}`) | model metadata: inputs, outputs, labels |
 /// | `GET /v2/models/{name}/ready` | 200 if loaded, 404 otherwise |
 /// | `POST /v2/models/{name}/infer` (`/versions/{v}/infer`) | predictions |
-/// | `GET /metrics` | Prometheus counters |
+/// | `GET /metrics` | Prometheus counters and histograms |
+/// | `GET /openapi.json` | the OpenAPI document of these routes |
 pub fn router(models: Vec<LoadedModel>) -> Result<Router> {
+    router_with(models, ServeOptions::default())
+}
+
+/// [`router`] with server-wide options.
+pub fn router_with(models: Vec<LoadedModel>, options: ServeOptions) -> Result<Router> {
     let mut map = BTreeMap::new();
     for m in models {
         let name = m.name.clone();
@@ -100,17 +107,33 @@ pub fn router(models: Vec<LoadedModel>) -> Result<Router> {
         map.insert(name, Arc::new(Served { model: m, text, batcher }));
     }
     let state = Arc::new(AppState { models: map, metrics: Metrics::default() });
+    let path = |i: usize| ROUTES[i].1;
     Ok(Router::new()
-        .route("/v2/health/live", get(|| async { Json(json!({"live": true})) }))
-        .route("/v2/health/ready", get(|| async { Json(json!({"ready": true})) }))
-        .route("/v2", get(server_metadata))
-        .route("/v2/models/{name}", get(model_metadata))
-        .route("/v2/models/{name}/versions/{version}", get(model_metadata_versioned))
-        .route("/v2/models/{name}/ready", get(model_ready))
-        .route("/v2/models/{name}/infer", post(infer))
-        .route("/v2/models/{name}/versions/{version}/infer", post(infer_versioned))
-        .route("/metrics", get(metrics))
+        .route(path(0), get(server_metadata))
+        .route(path(1), get(|| async { Json(json!({"live": true})) }))
+        .route(path(2), get(|| async { Json(json!({"ready": true})) }))
+        .route(path(3), get(model_metadata))
+        .route(path(4), get(model_metadata_versioned))
+        .route(path(5), get(model_ready))
+        .route(path(6), post(infer))
+        .route(path(7), post(infer_versioned))
+        .route(path(8), get(metrics))
+        .route(path(9), get(|| async { Json(crate::openapi::document()) }))
+        .layer(DefaultBodyLimit::max(options.max_body_bytes))
         .with_state(state))
+}
+
+/// Server-wide settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Largest request body accepted (413 beyond).
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self { max_body_bytes: 16 << 20 }
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -333,7 +356,12 @@ impl ServerHandle {
     /// Binds `addr` (use port 0 for any free port) and serves `models` until
     /// [`ServerHandle::shutdown`] or drop.
     pub fn start(addr: &str, models: Vec<LoadedModel>) -> Result<Self> {
-        let app = router(models)?;
+        Self::start_with(addr, models, ServeOptions::default())
+    }
+
+    /// [`ServerHandle::start`] with server-wide options.
+    pub fn start_with(addr: &str, models: Vec<LoadedModel>, options: ServeOptions) -> Result<Self> {
+        let app = router_with(models, options)?;
         let listener =
             std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr: addr.to_string(), source })?;
         listener.set_nonblocking(true).map_err(|source| Error::Bind { addr: addr.to_string(), source })?;

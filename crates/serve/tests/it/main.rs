@@ -391,3 +391,38 @@ fn the_load_generator_measures_closed_and_open_loops() {
     assert_eq!(run_load(&bad).unwrap().statuses.get(&404), Some(&5));
     assert!(run_load(&LoadSpec { bodies: Vec::new(), ..closed }).is_err());
 }
+
+#[test]
+fn every_route_in_the_openapi_document_answers_and_large_bodies_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let pkg = package_dir(dir.path());
+    let model = LoadedModel::from_dir("toy", "1", &pkg).unwrap();
+    let server =
+        ServerHandle::start_with("127.0.0.1:0", vec![model], kiln_serve::ServeOptions { max_body_bytes: 4096 })
+            .unwrap();
+    let doc: serde_json::Value = Client::new(&server.url()).get("/openapi.json").unwrap();
+    assert_eq!(doc["openapi"], json!("3.0.3"));
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 10);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let good = one_row(&[1.0, 2.0, 3.0]);
+    for (path, methods) in paths {
+        let url = format!("{}{}", server.url(), path.replace("{name}", "toy").replace("{version}", "1"));
+        for method in methods.as_object().unwrap().keys() {
+            let status = match method.as_str() {
+                "get" => agent.get(&url).call().unwrap().status().as_u16(),
+                "post" => agent.post(&url).content_type("application/json").send(&good).unwrap().status().as_u16(),
+                other => panic!("undocumented method {other}"),
+            };
+            assert_eq!(status, 200, "{method} {path}");
+        }
+    }
+    let unknown = agent.get(&format!("{}/v2/nothing", server.url())).call().unwrap();
+    assert_eq!(unknown.status().as_u16(), 404);
+    let big = json!({"inputs": [{"name": "input", "shape": [1000, 3], "datatype": "FP64", "data": vec![1.0; 3000]}]});
+    let resp = agent
+        .post(&format!("{}/v2/models/toy/infer", server.url()))
+        .content_type("application/json")
+        .send(&big.to_string());
+    assert_eq!(resp.unwrap().status().as_u16(), 413);
+}

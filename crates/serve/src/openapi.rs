@@ -1,0 +1,78 @@
+//! The OpenAPI document of kiln-serve's routes, served at `/openapi.json`.
+
+use serde_json::{Value, json};
+
+/// Every route: method, path, summary. The router is built from the same paths, and a test
+/// calls each documented route on a live server.
+pub(crate) const ROUTES: &[(&str, &str, &str)] = &[
+    ("get", "/v2", "Server metadata: name, version, loaded models."),
+    ("get", "/v2/health/live", "Liveness: 200 while the process serves."),
+    ("get", "/v2/health/ready", "Readiness: 200 once every model is loaded."),
+    ("get", "/v2/models/{name}", "Model metadata: inputs, outputs, labels, metrics, lineage, batching."),
+    ("get", "/v2/models/{name}/versions/{version}", "Metadata of one version (404 unless it is served)."),
+    ("get", "/v2/models/{name}/ready", "200 if the model is loaded, 404 otherwise."),
+    ("post", "/v2/models/{name}/infer", "Predict: KServe v2 inference request in, label/class/probabilities out."),
+    ("post", "/v2/models/{name}/versions/{version}/infer", "Predict with one version (404 unless it is served)."),
+    ("get", "/metrics", "Prometheus metrics."),
+    ("get", "/openapi.json", "This document."),
+];
+
+/// The document.
+pub(crate) fn document() -> Value {
+    let error = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let mut paths = serde_json::Map::new();
+    for (method, path, summary) in ROUTES {
+        let mut parameters = Vec::new();
+        for p in ["name", "version"] {
+            if path.contains(&format!("{{{p}}}")) {
+                parameters.push(json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}));
+            }
+        }
+        if *method == "post" {
+            parameters.push(json!({"name": crate::TIMEOUT_HEADER, "in": "header", "required": false,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "Deadline in milliseconds (default: the model's batching default_timeout)."}));
+        }
+        let mut op = json!({
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {"200": {"description": "OK"}, "404": error},
+        });
+        if *method == "post" {
+            op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferRequest"}}}});
+            op["responses"] = json!({
+                "200": {"description": "Predictions", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}}}},
+                "400": error, "404": error,
+                "413": {"description": "Request body larger than the server's limit"},
+                "503": {"description": "Queue full; retry after the Retry-After header", "headers": {"Retry-After": {"schema": {"type": "integer"}}}},
+                "504": error,
+            });
+        }
+        let entry = paths.entry((*path).to_string()).or_insert_with(|| json!({}));
+        entry[*method] = op;
+    }
+    let tensor = json!({"type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+        "name": {"type": "string"},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"]},
+        "data": {"description": "Values, flat in row-major order or nested; null is a missing value"},
+    }});
+    json!({
+        "openapi": "3.0.3",
+        "info": {"title": "kiln-serve", "version": env!("CARGO_PKG_VERSION"),
+            "description": "KServe v2 (Open Inference Protocol) REST API of kiln-serve."},
+        "paths": paths,
+        "components": {"schemas": {
+            "Tensor": tensor,
+            "InferRequest": {"type": "object", "required": ["inputs"], "properties": {
+                "id": {"type": "string"},
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+            }},
+            "InferResponse": {"type": "object", "properties": {
+                "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}},
+            }},
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        }},
+    })
+}
