@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use kiln_serve::{LoadedModel, ServerHandle};
+use kiln_serve::{Deployment, LoadedModel, ServeOptions, ServerHandle, Trigger};
 use kiln_track::Store;
 use kiln_track::client::Client;
 use kiln_track::server::ServerConfig;
@@ -41,7 +41,10 @@ enum Command {
         /// A model name.
         name: Option<String>,
     },
-    /// Serve registered models over KServe v2 HTTP until interrupted.
+    /// Serve registered models over KServe v2 HTTP until interrupted, logging predictions and
+    /// feedback to the store. The admin API (/admin/...) is on when $KILN_SERVE_TOKEN is set.
+    ///
+    /// Example: kiln serve -m digits --canary digits@canary:10 --trigger 'sbatch retrain.sh'
     Serve {
         /// Models as NAME or NAME@REF (REF: version number, alias, or latest; default production).
         #[arg(long = "model", short, required = true)]
@@ -49,6 +52,23 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: String,
+        /// A canary as NAME@REF:PERCENT, taking PERCENT % of NAME's traffic.
+        #[arg(long)]
+        canary: Vec<String>,
+        /// A shadow as NAME@REF, predicting a copy of NAME's requests.
+        #[arg(long)]
+        shadow: Vec<String>,
+        /// Share of requests written to the prediction log (0 turns it off).
+        #[arg(long, default_value_t = 1.0)]
+        log_sample: f64,
+        /// Rows in each model's drift window.
+        #[arg(long, default_value_t = 2000)]
+        drift_window: usize,
+        /// A shell command run when drift or degradation is detected (env: KILN_MODEL,
+        /// KILN_VERSION, KILN_TRIGGER, KILN_REASON, KILN_DRIFT_SHARE, KILN_ONLINE_ACCURACY,
+        /// KILN_STORE), at most once an hour per model.
+        #[arg(long)]
+        trigger: Option<String>,
     },
     /// Serve the store's tracking API over HTTP (runs, metrics, artifacts, registry; remote
     /// logging for jobs on compute nodes) until interrupted. Writes need the bearer token in
@@ -168,18 +188,56 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Serve { models, addr } => {
-            let mut loaded = Vec::new();
-            for spec in &models {
-                let (name, reference) = spec.split_once('@').unwrap_or((spec.as_str(), "production"));
-                if name.is_empty() {
-                    bail!("--model {spec:?}: expected NAME or NAME@REF");
+        Command::Serve { models, addr, canary, shadow, log_sample, drift_window, trigger } => {
+            let parse = |spec: &str, flag: &str| -> Result<(String, String)> {
+                let (name, reference) = spec.split_once('@').unwrap_or((spec, "production"));
+                if name.is_empty() || reference.is_empty() {
+                    bail!("{flag} {spec:?}: expected NAME or NAME@REF");
                 }
-                loaded.push(
-                    LoadedModel::from_registry(&store, name, reference).with_context(|| format!("loading {spec}"))?,
-                );
+                Ok((name.to_string(), reference.to_string()))
+            };
+            let mut deployments: Vec<Deployment> = Vec::new();
+            for spec in &models {
+                let (name, reference) = parse(spec, "--model")?;
+                let model =
+                    LoadedModel::from_registry(&store, &name, &reference).with_context(|| format!("loading {spec}"))?;
+                deployments.push(model.into());
             }
-            let server = ServerHandle::start(&addr, loaded)?;
+            let find = |deployments: &[Deployment], name: &str, flag: &str| -> Result<usize> {
+                deployments
+                    .iter()
+                    .position(|d| d.primary.name == name)
+                    .with_context(|| format!("{flag}: model {name:?} is not served (add --model {name})"))
+            };
+            for spec in &canary {
+                let (model, percent) =
+                    spec.rsplit_once(':').with_context(|| format!("--canary {spec:?}: expected NAME@REF:PERCENT"))?;
+                let percent: f64 =
+                    percent.parse().with_context(|| format!("--canary {spec:?}: {percent:?} is not a percentage"))?;
+                let (name, reference) = parse(model, "--canary")?;
+                let i = find(&deployments, &name, "--canary")?;
+                let model =
+                    LoadedModel::from_registry(&store, &name, &reference).with_context(|| format!("loading {spec}"))?;
+                deployments[i].canary = Some((model, percent));
+            }
+            for spec in &shadow {
+                let (name, reference) = parse(spec, "--shadow")?;
+                let i = find(&deployments, &name, "--shadow")?;
+                let model =
+                    LoadedModel::from_registry(&store, &name, &reference).with_context(|| format!("loading {spec}"))?;
+                deployments[i].shadow = Some(model);
+            }
+            let mut options = ServeOptions {
+                store: Some(store.clone()),
+                admin_token: std::env::var("KILN_SERVE_TOKEN").ok().filter(|t| !t.is_empty()),
+                ..ServeOptions::default()
+            };
+            options.log.sample_rate = log_sample;
+            options.monitor.window_rows = drift_window;
+            options.monitor.min_rows = options.monitor.min_rows.min(drift_window);
+            options.monitor.trigger = trigger
+                .map(|command| Trigger { command: vec!["sh".into(), "-c".into(), command], ..Trigger::default() });
+            let server = ServerHandle::start_with(&addr, deployments, options)?;
             println!("serving on {} (Ctrl-C to stop)", server.url());
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {

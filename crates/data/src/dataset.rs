@@ -243,3 +243,24 @@ fn first_value(series: &polars::prelude::Series) -> (usize, String) {
     }
     (1, "a missing value".into())
 }
+
+/// Writes `frame` to a Parquet file atomically: a temporary file beside it, synced, then
+/// renamed over `path`, so a reader sees the old file or the whole new one.
+pub fn write_parquet(frame: &polars::prelude::DataFrame, path: &Path) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let result = (|| {
+        let file = std::fs::File::create(&tmp).map_err(io)?;
+        let mut frame = frame.clone();
+        polars::prelude::ParquetWriter::new(&file).finish(&mut frame)?;
+        file.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

@@ -50,7 +50,7 @@ mod util;
 mod validate;
 pub mod version;
 
-pub use dataset::{CsvOptions, Dataset};
+pub use dataset::{CsvOptions, Dataset, write_parquet};
 pub use drift::{DatasetDrift, DriftOptions, DriftTest, detect_drift};
 pub use error::{Error, Result};
 pub use ingest::{Format, Scan, ScanOptions, scan};

@@ -564,13 +564,7 @@ pub struct Quarantine {
 impl Quarantine {
     /// Writes the quarantined rows to a Parquet file (write-then-rename).
     pub fn write_parquet(&self, path: &std::path::Path) -> Result<()> {
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        let io = |source| Error::Io { path: path.to_path_buf(), source };
-        let file = std::fs::File::create(&tmp).map_err(io)?;
-        let mut frame = self.frame.clone();
-        polars::prelude::ParquetWriter::new(&file).finish(&mut frame)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::dataset::write_parquet(&self.frame, path)
     }
 }
 

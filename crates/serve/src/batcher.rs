@@ -49,16 +49,16 @@ impl BatchConfig {
     }
 }
 
-mod millis {
+pub(crate) mod millis {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64() * 1e3)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let ms = f64::deserialize(d)?;
         Duration::try_from_secs_f64(ms / 1e3).map_err(serde::de::Error::custom)
     }
@@ -99,11 +99,11 @@ impl Drop for Slot {
 pub(crate) struct Overloaded;
 
 /// A model's queue and worker thread. Dropping it lets the worker finish what is queued and
-/// joins it.
+/// end on its own (it is not joined: a version leaves service from inside a request handler,
+/// which must not wait for the model).
 #[derive(Debug)]
 pub(crate) struct Batcher {
     tx: Option<SyncSender<Job>>,
-    thread: Option<std::thread::JoinHandle<()>>,
     /// Requests admitted and not yet answered: queued, or collected into a forming batch.
     pending: Arc<AtomicUsize>,
     capacity: usize,
@@ -113,10 +113,8 @@ impl Batcher {
     pub(crate) fn start(name: &str, predictor: Arc<Predictor>, config: BatchConfig) -> std::io::Result<Self> {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = sync_channel(capacity);
-        let thread = std::thread::Builder::new()
-            .name(format!("kiln-serve {name}"))
-            .spawn(move || work(&predictor, &config, &rx))?;
-        Ok(Self { tx: Some(tx), thread: Some(thread), pending: Arc::new(AtomicUsize::new(0)), capacity })
+        std::thread::Builder::new().name(format!("kiln-serve {name}")).spawn(move || work(&predictor, &config, &rx))?;
+        Ok(Self { tx: Some(tx), pending: Arc::new(AtomicUsize::new(0)), capacity })
     }
 
     /// Queues a request; its outcome arrives on the returned channel.
@@ -138,15 +136,6 @@ impl Batcher {
         match self.tx.as_ref().map(|tx| tx.try_send(job)) {
             Some(Ok(())) => Ok(rx),
             Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => Err(Overloaded),
-        }
-    }
-}
-
-impl Drop for Batcher {
-    fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

@@ -10,6 +10,9 @@ pub enum Error {
     /// The registry could not resolve or read a model.
     #[error(transparent)]
     Track(#[from] kiln_track::Error),
+    /// Data could not be read, written or hashed.
+    #[error(transparent)]
+    Data(#[from] kiln_data::Error),
     /// A model package could not be loaded or used.
     #[error(transparent)]
     Train(#[from] kiln_train::Error),
@@ -35,4 +38,14 @@ pub enum Error {
     /// Two models with the same name were given to one server.
     #[error("model {0:?} is loaded twice")]
     DuplicateModel(String),
+    /// A setting or argument is out of range.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// No model of that name is served.
+    #[error("{0}")]
+    UnknownModel(String),
+    /// The deployment is not in a state that allows the change (no canary to promote, a
+    /// version already served).
+    #[error("{0}")]
+    Conflict(String),
 }

@@ -229,3 +229,44 @@ pub(crate) fn parse(request: &InferRequest, model: &Signature<'_>) -> Result<Inp
         }
     }
 }
+
+/// One raw input value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Cell<'a> {
+    Number(f64),
+    Text(&'a str),
+    Missing,
+}
+
+impl Input {
+    /// The value of feature `j` (called `name`) in row `row`.
+    pub(crate) fn cell(&self, row: usize, j: usize, name: &str) -> Cell<'_> {
+        match self {
+            Self::Rows(r) => match r.get((row, j)) {
+                Some(v) if !v.is_nan() => Cell::Number(*v),
+                _ => Cell::Missing,
+            },
+            Self::Records(records) => match records.get(row).and_then(|r| r.get(name)) {
+                Some(Value::Number(v)) if !v.is_nan() => Cell::Number(*v),
+                Some(Value::Text(s)) => Cell::Text(s),
+                _ => Cell::Missing,
+            },
+        }
+    }
+
+    /// Row `row` as a JSON object, feature name to value (`null` when missing).
+    pub(crate) fn row_json(&self, row: usize, features: &[String]) -> String {
+        let mut object = serde_json::Map::with_capacity(features.len());
+        for (j, name) in features.iter().enumerate() {
+            let value = match self.cell(row, j, name) {
+                Cell::Number(v) => {
+                    serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number)
+                }
+                Cell::Text(s) => serde_json::Value::String(s.to_string()),
+                Cell::Missing => serde_json::Value::Null,
+            };
+            object.insert(name.clone(), value);
+        }
+        serde_json::Value::Object(object).to_string()
+    }
+}

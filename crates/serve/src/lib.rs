@@ -28,19 +28,31 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod batcher;
 mod client;
+mod deploy;
 mod error;
+mod feedback;
 mod inputs;
 pub mod load;
+mod log;
 mod metrics;
+mod monitor;
 mod openapi;
 mod protocol;
 mod server;
+pub mod simulate;
 
+pub use admin::{Control, DeploymentStatus, VersionStatus, WindowSummary};
 pub use batcher::BatchConfig;
 pub use client::Client;
+pub use deploy::{CanaryPolicy, Deployment, DeploymentEvent, ROUTE_KEY_HEADER, WindowStats};
 pub use error::{Error, Result};
+pub use feedback::{FeedbackRequest, FeedbackResponse, LabeledExport, OnlineAccuracy, export_labeled};
 pub use load::{LoadMode, LoadReport, LoadSpec, run_load};
+pub use log::LogConfig;
+pub use monitor::{MonitorConfig, MonitorReport, Trigger, TriggerRun};
 pub use protocol::{ErrorBody, InferRequest, InferResponse, InferTensor};
-pub use server::{LoadedModel, ServeOptions, ServerHandle, TIMEOUT_HEADER, router, router_with};
+pub use server::{LoadedModel, ROLE_HEADER, ServeOptions, ServerHandle, TIMEOUT_HEADER, app, router, router_with};
+pub use simulate::{SimulateReport, SimulateSpec, simulate};

@@ -153,6 +153,29 @@ pub(crate) fn schema(table: &str) -> SchemaRef {
             s("actor", utf8.clone(), false),
             s("reason", utf8, true),
         ],
+        "predictions" => vec![
+            s("time", ts_type(), false),
+            s("model", utf8.clone(), false),
+            s("version", utf8.clone(), false),
+            s("role", utf8.clone(), false),
+            s("request_id", utf8.clone(), false),
+            s("row", DataType::UInt32, false),
+            s("inputs", utf8.clone(), false),
+            s("label", utf8, false),
+            s("class", DataType::Int64, false),
+            s("probabilities", DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false),
+            s("latency_us", DataType::UInt64, false),
+        ],
+        "feedback" => vec![
+            s("time", ts_type(), false),
+            s("model", utf8.clone(), false),
+            s("request_id", utf8.clone(), false),
+            s("row", DataType::UInt32, false),
+            s("label", utf8.clone(), false),
+            s("version", utf8.clone(), true),
+            s("predicted", utf8, true),
+            s("correct", DataType::Boolean, true),
+        ],
         _ => Vec::new(),
     };
     Arc::new(Schema::new(fields))
@@ -422,7 +445,7 @@ fn model_tables(registry: &Registry) -> Result<Vec<(&'static str, RecordBatch)>>
 }
 
 /// Encodes a batch as Parquet bytes.
-fn parquet_bytes(batch: &RecordBatch, compression: Compression) -> Result<Vec<u8>> {
+pub(crate) fn parquet_bytes(batch: &RecordBatch, compression: Compression) -> Result<Vec<u8>> {
     let props = WriterProperties::builder()
         .set_compression(compression)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -642,11 +665,20 @@ impl Store {
             };
             out.push((table, frame));
         }
+        for table in crate::serving::SERVING_TABLES {
+            let files = self.serving_files(table)?;
+            let frame = if files.is_empty() {
+                frame_from_batches(&[RecordBatch::new_empty(schema(table))])?
+            } else {
+                scan_files(files)?
+            };
+            out.push((table, frame));
+        }
         Ok(out)
     }
 }
 
-fn new_batch_id() -> String {
+pub(crate) fn new_batch_id() -> String {
     let mut h = blake3::Hasher::new();
     h.update(crate::env::hostname().as_bytes());
     h.update(&std::process::id().to_le_bytes());

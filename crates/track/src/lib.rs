@@ -17,7 +17,8 @@
 //!   tail of its segment is detected by checksum and ignored, and the run reads as
 //!   [`RunStatus::Killed`]. [`Store::resume_run`] continues it in a new segment.
 //! * **SQL.** [`Store::sql`] runs Polars SQL over the tables `runs`, `params`, `metrics`,
-//!   `latest_metrics`, `tags`, `datasets`, `models` and `model_events`. [`Store::compact`]
+//!   `latest_metrics`, `tags`, `datasets`, `models` and `model_events`, and a model server's
+//!   `predictions` and `feedback`. [`Store::compact`]
 //!   folds finished runs into plain Parquet files; queries see compacted and live runs alike.
 //! * **Sync.** [`Store::sync_to`] copies one store into another (node-local scratch to the
 //!   project directory), idempotently, including runs still being written.
@@ -67,6 +68,7 @@ mod run;
 mod segment;
 #[cfg(feature = "server")]
 pub mod server;
+mod serving;
 mod sql;
 mod store;
 mod sync;
@@ -78,6 +80,7 @@ pub use error::{Error, Result};
 pub use lakehouse::{CompactReport, TABLES};
 pub use registry::{EventKind, Lineage, ModelVersion, RegisterOptions, Registry, RegistryEvent};
 pub use run::{DatasetInput, HEARTBEAT_STALE_MS, Heartbeat, MetricPoint, Run, RunMeta, RunRecord, RunState, RunStatus};
+pub use serving::{FeedbackRecord, PredictionRecord, SERVING_TABLES};
 pub use store::{FORMAT_VERSION, RunBuilder, STORE_ENV, Store};
 pub use sync::SyncReport;
 

@@ -23,6 +23,8 @@ impl Store {
     /// | `datasets` | `dataset_catalog` | run input | run_id, name, digest, source, rows, context |
     /// | `models` | `model_registry` | model version | model, version, created_at, run_id, git_commit, dataset_digests, package_digest, aliases, description |
     /// | `model_events` | `registry_events` | transition | model, at, event, version, alias, from_version, actor, reason |
+    /// | `predictions` | | row predicted by a model server (sampled) | time, model, version, role, request_id, row, inputs (JSON), label, class, probabilities, latency_us |
+    /// | `feedback` | | label sent back to a model server | time, model, request_id, row, label, version, predicted, correct |
     ///
     /// ```no_run
     /// # let store = kiln_track::Store::open("kiln-store")?;

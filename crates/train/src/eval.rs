@@ -378,6 +378,25 @@ impl EvalReport {
         }
         out
     }
+
+    /// Logs the report to a run: each of [`EvalReport::metrics`] as `<prefix>_<name>` at
+    /// `step`, per-slice accuracy and macro-F1 as `<prefix>_slice_<column>=<value>_<name>`,
+    /// and the whole report as the artifact `<prefix>_eval_report.json` (what the
+    /// registry's promotion gate and `kiln runs show` read back).
+    pub fn log_to_run(&self, run: &mut kiln_track::Run, prefix: &str, step: u64) -> Result<kiln_track::Artifact> {
+        let key = |name: &str| if prefix.is_empty() { name.to_string() } else { format!("{prefix}_{name}") };
+        for (name, value) in self.metrics() {
+            run.log_metric(&key(&name), step, value)?;
+        }
+        for slice in &self.slices {
+            let name = format!("slice_{}={}", slice.column, slice.value);
+            run.log_metric(&key(&format!("{name}_accuracy")), step, slice.accuracy)?;
+            run.log_metric(&key(&format!("{name}_macro_f1")), step, slice.macro_f1)?;
+        }
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| Error::Shape(format!("the eval report cannot be written as JSON: {e}")))?;
+        Ok(run.log_artifact_bytes(&key("eval_report.json"), &json)?)
+    }
 }
 
 fn argmax(probabilities: ArrayView2<'_, f64>) -> Vec<usize> {

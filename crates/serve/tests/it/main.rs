@@ -18,7 +18,15 @@ fn rows(n: usize) -> Array2<f64> {
     Array2::from_shape_fn((n, 3), |(i, j)| ((i * 37 + j * 11) % 13) as f64)
 }
 
+mod deploy;
+
 fn package_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    package_dir_with(dir, "pkg", ["low", "high"])
+}
+
+/// The toy package in `dir/<name>`, its classes named `classes` (swap them for a model that
+/// is always wrong where the toy is right).
+fn package_dir_with(dir: &std::path::Path, name: &str, classes: [&str; 2]) -> std::path::PathBuf {
     let raw = rows(120);
     let features: Vec<String> = FEATURES.map(String::from).to_vec();
     let scaler = StandardScaler::fit(raw.view(), &features).unwrap();
@@ -46,14 +54,14 @@ fn package_dir(dir: &std::path::Path) -> std::path::PathBuf {
             ),
             scaler: Some(scaler),
             pipeline: None,
-            labels: LabelEncoder::from_classes(vec!["low".into(), "high".into()]),
+            labels: LabelEncoder::from_classes(classes.map(String::from).to_vec()),
             label_column: "y".into(),
             metrics: BTreeMap::new(),
             lineage: Default::default(),
         },
     )
     .unwrap();
-    let out = dir.join("pkg");
+    let out = dir.join(name);
     pkg.save(&out).unwrap();
     out
 }
@@ -221,7 +229,7 @@ fn loading_errors_name_what_is_missing() {
     assert!(err.contains("ghost"), "{err}");
     let err = LoadedModel::from_dir("x", "1", &dir.path().join("missing")).unwrap_err().to_string();
     assert!(err.contains("kiln-package.json"), "{err}");
-    assert!(ServerHandle::start("256.0.0.1:0", Vec::new()).is_err());
+    assert!(ServerHandle::start("256.0.0.1:0", Vec::<LoadedModel>::new()).is_err());
 }
 
 fn toy_server(dir: &std::path::Path, batching: BatchConfig) -> ServerHandle {
@@ -396,26 +404,74 @@ fn the_load_generator_measures_closed_and_open_loops() {
 fn every_route_in_the_openapi_document_answers_and_large_bodies_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let pkg = package_dir(dir.path());
-    let model = LoadedModel::from_dir("toy", "1", &pkg).unwrap();
-    let server =
-        ServerHandle::start_with("127.0.0.1:0", vec![model], kiln_serve::ServeOptions { max_body_bytes: 4096 })
-            .unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    for _ in 0..2 {
+        store.registry().register("toy", &pkg, RegisterOptions::default()).unwrap();
+    }
+    let model = LoadedModel::from_registry(&store, "toy", "1").unwrap();
+    let options = kiln_serve::ServeOptions {
+        max_body_bytes: 4096,
+        store: Some(store),
+        admin_token: Some("s3cret".into()),
+        ..Default::default()
+    };
+    let server = ServerHandle::start_with("127.0.0.1:0", vec![model], options).unwrap();
     let doc: serde_json::Value = Client::new(&server.url()).get("/openapi.json").unwrap();
     assert_eq!(doc["openapi"], json!("3.0.3"));
-    let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 10);
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let good = one_row(&[1.0, 2.0, 3.0]);
-    for (path, methods) in paths {
-        let url = format!("{}{}", server.url(), path.replace("{name}", "toy").replace("{version}", "1"));
+    let infer_once = json!({"id": "q1", "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [1.0, 2.0, 3.0]}]});
+    // Every documented route, in an order where each call is valid: the table must cover
+    // the document exactly.
+    let calls: Vec<(&str, &str, String)> = vec![
+        ("get", "/v2", String::new()),
+        ("get", "/v2/health/live", String::new()),
+        ("get", "/v2/health/ready", String::new()),
+        ("get", "/v2/models/{name}", String::new()),
+        ("get", "/v2/models/{name}/versions/{version}", String::new()),
+        ("get", "/v2/models/{name}/ready", String::new()),
+        ("post", "/v2/models/{name}/infer", infer_once.to_string()),
+        ("post", "/v2/models/{name}/versions/{version}/infer", good.clone()),
+        ("post", "/v2/models/{name}/feedback", json!({"id": "q1", "label": "low"}).to_string()),
+        ("get", "/v2/models/{name}/monitor", String::new()),
+        ("get", "/metrics", String::new()),
+        ("get", "/openapi.json", String::new()),
+        ("get", "/admin/models/{name}", String::new()),
+        ("post", "/admin/models/{name}/canary", json!({"version": "2", "percent": 10}).to_string()),
+        ("delete", "/admin/models/{name}/canary", String::new()),
+        ("post", "/admin/models/{name}/shadow", json!({"version": "2"}).to_string()),
+        ("post", "/admin/models/{name}/promote", String::new()),
+        ("post", "/admin/models/{name}/rollback", String::new()),
+        ("post", "/admin/models/{name}/shadow", json!({"version": "2"}).to_string()),
+        ("delete", "/admin/models/{name}/shadow", String::new()),
+    ];
+    let mut documented: Vec<(String, String)> = Vec::new();
+    for (path, methods) in doc["paths"].as_object().unwrap() {
         for method in methods.as_object().unwrap().keys() {
-            let status = match method.as_str() {
-                "get" => agent.get(&url).call().unwrap().status().as_u16(),
-                "post" => agent.post(&url).content_type("application/json").send(&good).unwrap().status().as_u16(),
-                other => panic!("undocumented method {other}"),
-            };
-            assert_eq!(status, 200, "{method} {path}");
+            documented.push((method.clone(), path.clone()));
         }
+    }
+    let mut called: Vec<(String, String)> = calls.iter().map(|(m, p, _)| (m.to_string(), p.to_string())).collect();
+    called.sort();
+    called.dedup();
+    documented.sort();
+    assert_eq!(called, documented);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    for (method, path, body) in &calls {
+        let url = format!("{}{}", server.url(), path.replace("{name}", "toy").replace("{version}", "1"));
+        let status = match *method {
+            "get" => agent.get(&url).header("authorization", "Bearer s3cret").call(),
+            "delete" => agent.delete(&url).header("authorization", "Bearer s3cret").call(),
+            "post" => agent
+                .post(&url)
+                .header("authorization", "Bearer s3cret")
+                .content_type("application/json")
+                .send(body.as_str()),
+            other => panic!("undocumented method {other}"),
+        }
+        .unwrap()
+        .status()
+        .as_u16();
+        assert_eq!(status, 200, "{method} {path}");
     }
     let unknown = agent.get(&format!("{}/v2/nothing", server.url())).call().unwrap();
     assert_eq!(unknown.status().as_u16(), 404);
@@ -424,5 +480,8 @@ fn every_route_in_the_openapi_document_answers_and_large_bodies_are_refused() {
         .post(&format!("{}/v2/models/toy/infer", server.url()))
         .content_type("application/json")
         .send(&big.to_string());
-    assert_eq!(resp.unwrap().status().as_u16(), 413);
+    let mut resp = resp.unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let answer: serde_json::Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    assert!(answer["error"].as_str().unwrap().contains("length limit"), "{answer}");
 }

@@ -65,6 +65,22 @@ fn auc_and_slices_on_hand_examples() {
         report.slices.iter().map(|s| (s.value.as_str(), s.rows, s.accuracy)).collect();
     assert_eq!(slices, [("a", 2, 1.0), ("b", 2, 0.5)]);
     assert!(EvalReport::compute(&[0, 2], p.slice(ndarray::s![..2, ..]), &labels).is_err(), "class 2 does not exist");
+
+    // Logged to a run: every metric, each slice, and the report itself, read back.
+    let dir = tempfile::tempdir().unwrap();
+    let store = kiln_track::Store::open(dir.path()).unwrap();
+    let mut run = store.start_run("eval").unwrap();
+    let artifact = report.log_to_run(&mut run, "test", 3).unwrap();
+    let id = run.id().to_string();
+    run.finish().unwrap();
+    let points = store.metrics(&id).unwrap();
+    let value = |key: &str| points.iter().find(|p| p.key == key).map(|p| (p.step, p.value));
+    assert_eq!(value("test_accuracy"), Some((3, 0.75)));
+    assert_eq!(value("test_slice_site=b_accuracy"), Some((3, 0.5)));
+    assert_eq!(value("test_macro_f1").map(|v| v.1), Some(report.classification.macro_f1));
+    assert_eq!(artifact.name, "test_eval_report.json");
+    let stored = std::fs::read(store.object_path(&artifact.digest).unwrap()).unwrap();
+    assert_eq!(serde_json::from_slice::<EvalReport>(&stored).unwrap(), report);
 }
 
 #[test]

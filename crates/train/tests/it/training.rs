@@ -402,21 +402,25 @@ fn a_killed_training_process_resumes_to_the_same_loss_curve() {
 }
 
 #[test]
-fn sigterm_checkpoints_exits_with_the_requeue_status_and_resumes_exactly() {
+fn sigterm_and_sigusr2_checkpoint_exit_with_the_requeue_status_and_resume_exactly() {
     let (train_set, val, model) = small();
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child(dir.path());
-    wait_for_checkpoint(dir.path(), 7);
-    let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(sent.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(EXIT_INTERRUPTED), "{status:?}");
-    let info = latest_checkpoint(dir.path()).unwrap().unwrap();
-    assert!(info.step < 60, "stopped before the end: {info:?}");
+    // SIGTERM is what scancel and a node drain send; SIGUSR2 is what Slurm's
+    // `--signal=B:USR2@secs` sends before a time limit or preemption.
+    for signal in ["-TERM", "-USR2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = spawn_child(dir.path());
+        wait_for_checkpoint(dir.path(), 7);
+        let sent = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(EXIT_INTERRUPTED), "{signal}: {status:?}");
+        let info = latest_checkpoint(dir.path()).unwrap().unwrap();
+        assert!(info.step < 60, "{signal}: stopped before the end: {info:?}");
 
-    let resumed = train(&resumable(dir.path()), &model, &train_set, Some(&val), None, &mut quiet()).unwrap();
-    assert_eq!(resumed.resumed_from, Some(info.step));
-    assert_same_training(&resumed, uninterrupted());
+        let resumed = train(&resumable(dir.path()), &model, &train_set, Some(&val), None, &mut quiet()).unwrap();
+        assert_eq!(resumed.resumed_from, Some(info.step), "{signal}");
+        assert_same_training(&resumed, uninterrupted());
+    }
 }
 
 #[test]
