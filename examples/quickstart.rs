@@ -17,8 +17,8 @@ use kiln::data::{
 use kiln::serve::{Client, LoadedModel, ServerHandle};
 use kiln::track::{DatasetInput, RegisterOptions, Store};
 use kiln::train::{
-    Activation, EpochReport, EvalReport, Examples, Lineage, MlpConfig, ModelConfig, ModelPackage, PackageSpec,
-    PromotionGate, TrainConfig, train,
+    Activation, EpochReport, EvalReport, Examples, InferencePrecision, Lineage, MlpConfig, ModelConfig, ModelPackage,
+    PackageSpec, PromotionGate, TrainConfig, compare_precision, train,
 };
 use ndarray::{Array2, Axis};
 
@@ -168,6 +168,25 @@ fn main() -> Result<()> {
     let package_dir = run.scratch_dir()?.join("model");
     package.save(&package_dir)?;
     run.log_artifact("model", &package_dir)?;
+    // The same package with int8 weights: what it costs in accuracy and buys in speed.
+    let test_rows = raw.select(Axis(0), &split.test);
+    let int8 = compare_precision(&package_dir, InferencePrecision::Int8, test_rows.view(), Some(&test_set.y))?;
+    println!(
+        "int8 weights: test accuracy {:.4} (f32 {:.4}), same class on {:.1}% of rows, largest probability change {:.4}; \
+         {} rows in {:.2} ms (f32 {:.2} ms, {:.2}x), one row in {:.0} µs (f32 {:.0} µs, {:.2}x)",
+        int8.accuracy.unwrap_or(f64::NAN),
+        int8.accuracy_f32.unwrap_or(f64::NAN),
+        int8.agreement * 100.0,
+        int8.max_probability_diff,
+        int8.rows,
+        int8.batch_ms,
+        int8.batch_ms_f32,
+        int8.batch_speedup(),
+        int8.row_us,
+        int8.row_us_f32,
+        int8.row_speedup()
+    );
+    run.log_metric("test_accuracy_int8", step, int8.accuracy.unwrap_or(f64::NAN))?;
     let registry = store.registry();
     let gate = PromotionGate {
         thresholds: BTreeMap::from([("test_accuracy".into(), 0.9), ("test_checks_failed".into(), 0.0)]),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use kiln::data::{ColumnSpec, Dataset, LabelEncoder, Schema, StandardScaler};
-use kiln::serve::{BatchConfig, LoadMode, LoadSpec, LoadedModel, ServerHandle, run_load};
+use kiln::serve::{BatchConfig, Deployment, LoadMode, LoadSpec, LoadedModel, ServeOptions, ServerHandle, run_load};
 use kiln::train::{DeviceSpec, Examples, ModelConfig, ModelPackage, PackageSpec, TrainConfig, train};
 use ndarray::{Array2, Axis};
 use serde_json::json;
@@ -124,5 +124,48 @@ fn main() -> Result<()> {
             server.shutdown()?;
         }
     }
+
+    // What staged deployment and logging cost: the digits MLP with every request written to
+    // the prediction log in a store, then also with a 10 % canary and a shadow of the same
+    // package (the shadow predicts each primary request again, on the same two cores).
+    let store = kiln::track::Store::open(dir.path().join("store"))?;
+    let logged = || ServeOptions { store: Some(store.clone()), ..ServeOptions::default() };
+    let setups: [(&str, Deployment); 2] = [
+        ("prediction log", LoadedModel::from_dir("m", "1", &mlp_dir)?.into()),
+        (
+            "log + 10% canary + shadow",
+            Deployment::new(LoadedModel::from_dir("m", "1", &mlp_dir)?)
+                .with_canary(LoadedModel::from_dir("m", "2", &mlp_dir)?, 10.0)
+                .with_shadow(LoadedModel::from_dir("m", "3", &mlp_dir)?),
+        ),
+    ];
+    for (label, deployment) in setups {
+        let server = ServerHandle::start_with("127.0.0.1:0", vec![deployment], logged())?;
+        let url = format!("{}/v2/models/m/infer", server.url());
+        for concurrency in [1usize, 16] {
+            let requests = if concurrency == 1 { 2000 } else { 6000 };
+            let spec = LoadSpec {
+                url: url.clone(),
+                bodies: bodies(&raw),
+                mode: LoadMode::Closed { concurrency },
+                requests,
+                warmup: 200,
+            };
+            let r = run_load(&spec)?;
+            println!(
+                "| digits MLP, {label} | on | {concurrency} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
+                r.requests,
+                r.p50_ms,
+                r.p90_ms,
+                r.p99_ms,
+                r.max_ms,
+                r.throughput,
+                r.errors()
+            );
+        }
+        server.shutdown()?;
+    }
+    let logged_rows = store.sql("SELECT count(*) AS n FROM predictions")?;
+    println!("\nprediction log rows written: {}", logged_rows.column("n")?.get(0)?);
     Ok(())
 }

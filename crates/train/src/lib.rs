@@ -73,6 +73,10 @@ pub use eval::{
 };
 pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
 pub use package::{
-    Lineage, MANIFEST_FILE, Manifest, ModelPackage, PACKAGE_FORMAT_VERSION, PackageSpec, Prediction, Predictor,
+    Lineage, MANIFEST_FILE, Manifest, ModelPackage, PACKAGE_FORMAT_VERSION, PackageSpec, PrecisionReport, Prediction,
+    Predictor, compare_precision,
 };
-pub use trainer::{Classifier, EXIT_INTERRUPTED, EpochReport, Examples, Hooks, StepReport, StopReason, Trained, train};
+pub use trainer::{
+    Classifier, EXIT_INTERRUPTED, EpochReport, Examples, Hooks, InferencePrecision, StepReport, StopReason, Trained,
+    train,
+};

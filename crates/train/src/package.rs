@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::TrainConfig;
 use crate::eval::{EvalReport, FailureCheck};
 use crate::model::ModelConfig;
-use crate::trainer::{Classifier, Trained, best_class};
+use crate::trainer::{Classifier, InferencePrecision, Trained, best_class};
 use crate::{Error, Result};
 
 /// The package format this version of kiln writes and reads.
@@ -384,6 +384,17 @@ impl Predictor {
         &self.manifest
     }
 
+    /// This predictor in `precision` (see [`InferencePrecision`]); preprocessing is unchanged.
+    pub fn with_precision(mut self, precision: InferencePrecision) -> Result<Self> {
+        self.classifier = self.classifier.with_precision(precision)?;
+        Ok(self)
+    }
+
+    /// The precision it predicts in.
+    pub fn precision(&self) -> InferencePrecision {
+        self.classifier.precision()
+    }
+
     /// The fitted pipeline, if the package has one.
     pub fn pipeline(&self) -> Option<&FittedPipeline> {
         self.pipeline.as_ref()
@@ -686,4 +697,105 @@ fn at_row(error: kiln_data::Error, i: usize) -> Error {
         },
         other => Error::Data(other),
     }
+}
+
+/// How a package predicts in a reduced precision compared with full precision, on the same
+/// rows: see [`compare_precision`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrecisionReport {
+    /// The reduced precision.
+    pub precision: InferencePrecision,
+    /// Rows compared.
+    pub rows: usize,
+    /// Share of rows given the same class in both precisions.
+    pub agreement: f64,
+    /// Largest difference of any class probability.
+    pub max_probability_diff: f64,
+    /// Accuracy in f32 and in the reduced precision, when true classes were given.
+    pub accuracy_f32: Option<f64>,
+    /// See `accuracy_f32`.
+    pub accuracy: Option<f64>,
+    /// Median time to predict all rows as one batch, in milliseconds, f32 then reduced.
+    pub batch_ms_f32: f64,
+    /// See `batch_ms_f32`.
+    pub batch_ms: f64,
+    /// Median time to predict one row, in microseconds, f32 then reduced.
+    pub row_us_f32: f64,
+    /// See `row_us_f32`.
+    pub row_us: f64,
+}
+
+impl PrecisionReport {
+    /// f32 time over reduced-precision time for a batch (above 1: the reduced one is faster).
+    pub fn batch_speedup(&self) -> f64 {
+        self.batch_ms_f32 / self.batch_ms
+    }
+
+    /// The same for a single row.
+    pub fn row_speedup(&self) -> f64 {
+        self.row_us_f32 / self.row_us
+    }
+}
+
+/// Loads the package in `dir` twice, in f32 and in `precision`, and compares them on `rows`
+/// (raw rows, as for [`Predictor::predict`]): agreement, probability differences, accuracy
+/// against `truth` (class indices) when given, and the median of 7 timings of a whole-batch
+/// prediction and of 50 single-row predictions, alternating the two models.
+pub fn compare_precision(
+    dir: &Path,
+    precision: InferencePrecision,
+    rows: ArrayView2<'_, f64>,
+    truth: Option<&[usize]>,
+) -> Result<PrecisionReport> {
+    if rows.nrows() == 0 {
+        return Err(Error::Shape("comparing precisions needs at least one row".into()));
+    }
+    if let Some(t) = truth.filter(|t| t.len() != rows.nrows()) {
+        return Err(Error::Shape(format!("{} true classes for {} rows", t.len(), rows.nrows())));
+    }
+    let full = ModelPackage::load(dir)?;
+    let reduced = ModelPackage::load(dir)?.with_precision(precision)?;
+    let a = full.predict(rows)?;
+    let b = reduced.predict(rows)?;
+    let agree = a.iter().zip(&b).filter(|(x, y)| x.class == y.class).count();
+    let max_probability_diff = a
+        .iter()
+        .zip(&b)
+        .flat_map(|(x, y)| x.probabilities.iter().zip(&y.probabilities).map(|(p, q)| f64::from((p - q).abs())))
+        .fold(0.0, f64::max);
+    let accuracy = |p: &[Prediction]| {
+        truth.map(|t| p.iter().zip(t).filter(|(p, t)| p.class == **t).count() as f64 / t.len() as f64)
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let time = |p: &Predictor, x: ArrayView2<'_, f64>| -> Result<f64> {
+        let t = std::time::Instant::now();
+        p.predict(x)?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    let (mut batch_f32, mut batch_reduced, mut row_f32, mut row_reduced) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        batch_f32.push(time(&full, rows)? * 1e3);
+        batch_reduced.push(time(&reduced, rows)? * 1e3);
+    }
+    let one = rows.slice(ndarray::s![0..1, ..]);
+    for _ in 0..50 {
+        row_f32.push(time(&full, one)? * 1e6);
+        row_reduced.push(time(&reduced, one)? * 1e6);
+    }
+    Ok(PrecisionReport {
+        precision,
+        rows: rows.nrows(),
+        agreement: agree as f64 / rows.nrows() as f64,
+        max_probability_diff,
+        accuracy_f32: accuracy(&a),
+        accuracy: accuracy(&b),
+        batch_ms_f32: median(batch_f32),
+        batch_ms: median(batch_reduced),
+        row_us_f32: median(row_f32),
+        row_us: median(row_reduced),
+    })
 }

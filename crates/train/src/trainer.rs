@@ -872,11 +872,27 @@ pub(crate) fn best_class<'a>(values: impl IntoIterator<Item = &'a f32>) -> usize
     values.into_iter().enumerate().fold((0, f32::MIN), |best, (i, v)| if *v > best.1 { (i, *v) } else { best }).0
 }
 
+/// The number format a model predicts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InferencePrecision {
+    /// 32-bit floats, as trained.
+    #[default]
+    F32,
+    /// Weights held as 8-bit integers (symmetric, one scale per tensor, min–max calibrated):
+    /// a quarter of the weight memory. burn 0.21's CPU backend dequantizes them to f32 for
+    /// each forward pass (it has no int8 matrix product), so this saves memory, not time; see
+    /// [`compare_precision`](crate::compare_precision) for what it costs in accuracy and
+    /// speed on your data.
+    Int8,
+}
+
 /// A trained model on the CPU, for prediction.
 #[derive(Debug)]
 pub struct Classifier {
     config: ModelConfig,
     model: Model<Flex>,
+    precision: InferencePrecision,
 }
 
 impl Classifier {
@@ -887,7 +903,36 @@ impl Classifier {
         let record = Recorder::<Flex>::load(&recorder(), weights.to_vec(), &device)
             .map_err(|e| Error::Weights(e.to_string()))?;
         let model = config.init_for_loading::<Flex>(&device).load_record(record);
-        Ok(Self { config, model })
+        Ok(Self { config, model, precision: InferencePrecision::F32 })
+    }
+
+    /// This model in `precision`. Weights quantized to int8 stay quantized: asking a
+    /// quantized model for f32 is an error, because the discarded precision cannot come back
+    /// (load the weights again instead).
+    pub fn with_precision(self, precision: InferencePrecision) -> Result<Self> {
+        use burn::module::Quantizer;
+        use burn::tensor::ops::QuantizedTensor;
+        use burn::tensor::quantization::{Calibration, QTensorPrimitive, QuantLevel, QuantParam, QuantValue};
+        match (self.precision, precision) {
+            (from, to) if from == to => Ok(self),
+            (InferencePrecision::F32, InferencePrecision::Int8) => {
+                let scheme = <QuantizedTensor<Flex> as QTensorPrimitive>::default_scheme()
+                    .with_value(QuantValue::Q8S)
+                    .with_level(QuantLevel::Tensor)
+                    .with_param(QuantParam::F32);
+                let mut quantizer = Quantizer { calibration: Calibration::MinMax, scheme };
+                let model = self.model.quantize_weights(&mut quantizer);
+                Ok(Self { model, precision, ..self })
+            }
+            (from, to) => Err(Error::Weights(format!(
+                "a model held in {from:?} cannot be turned into {to:?}: load its weights again"
+            ))),
+        }
+    }
+
+    /// The precision it predicts in.
+    pub fn precision(&self) -> InferencePrecision {
+        self.precision
     }
 
     /// The architecture.

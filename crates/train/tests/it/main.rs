@@ -18,8 +18,8 @@ use std::sync::OnceLock;
 
 use kiln_data::{ColumnSpec, Dataset, LabelEncoder, Schema, SplitFractions, StandardScaler, stratified_split};
 use kiln_train::{
-    ClassificationReport, DeviceSpec, Error, Examples, Lineage, ModelConfig, ModelPackage, PackageSpec, TrainConfig,
-    Trained, train,
+    ClassificationReport, DeviceSpec, Error, Examples, InferencePrecision, Lineage, ModelConfig, ModelPackage,
+    PackageSpec, TrainConfig, Trained, compare_precision, train,
 };
 use ndarray::{Array2, Axis};
 
@@ -116,6 +116,39 @@ fn a_saved_package_predicts_exactly_like_the_trained_model() {
     let correct = from_package.iter().zip(&f.test_rows).filter(|(p, r)| p.class == f.classes[**r]).count();
     assert!((correct as f64 / f.test_rows.len() as f64 - f.report.accuracy).abs() < 1e-12);
     assert_eq!(predictor.manifest().labels.classes, vec!["benign", "malignant"]);
+}
+
+#[test]
+fn int8_weights_predict_nearly_alike_and_report_what_they_cost() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    package(f).save(dir.path()).unwrap();
+    let raw = f.raw.select(Axis(0), &f.test_rows);
+    let truth: Vec<usize> = f.test_rows.iter().map(|r| f.classes[*r]).collect();
+    let full = ModelPackage::load(dir.path()).unwrap();
+    let int8 = ModelPackage::load(dir.path()).unwrap().with_precision(InferencePrecision::Int8).unwrap();
+    assert_eq!(int8.precision(), InferencePrecision::Int8);
+    let (a, b) = (full.predict(raw.view()).unwrap(), int8.predict(raw.view()).unwrap());
+    // Quantized: not bit-identical, but close.
+    assert!(a.iter().zip(&b).any(|(x, y)| x.probabilities != y.probabilities), "int8 changed nothing");
+    for (x, y) in a.iter().zip(&b) {
+        let sum: f32 = y.probabilities.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{y:?}");
+        for (p, q) in x.probabilities.iter().zip(&y.probabilities) {
+            assert!((p - q).abs() < 0.1, "{x:?} vs {y:?}");
+        }
+    }
+    let err = int8.with_precision(InferencePrecision::F32).unwrap_err().to_string();
+    assert!(err.contains("load its weights again"), "{err}");
+
+    let report = compare_precision(dir.path(), InferencePrecision::Int8, raw.view(), Some(&truth)).unwrap();
+    assert_eq!(report.rows, f.test_rows.len());
+    assert!(report.agreement >= 0.95, "{report:?}");
+    assert!((report.accuracy_f32.unwrap() - f.report.accuracy).abs() < 1e-12);
+    assert!((report.accuracy.unwrap() - report.accuracy_f32.unwrap()).abs() <= 0.05, "{report:?}");
+    assert!(report.max_probability_diff > 0.0 && report.max_probability_diff < 0.1, "{report:?}");
+    assert!(report.batch_ms > 0.0 && report.row_us > 0.0);
+    assert!(compare_precision(dir.path(), InferencePrecision::Int8, raw.view(), Some(&truth[1..])).is_err());
 }
 
 #[test]
