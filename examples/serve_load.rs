@@ -58,6 +58,30 @@ fn bodies(raw: &Array2<f64>) -> Vec<String> {
         .collect()
 }
 
+/// Runs one closed-loop load test and prints its table row.
+fn measure(
+    name: &str,
+    batching: &str,
+    url: &str,
+    bodies: Vec<String>,
+    concurrency: usize,
+    requests: usize,
+) -> Result<()> {
+    let spec = LoadSpec { url: url.to_string(), bodies, mode: LoadMode::Closed { concurrency }, requests, warmup: 200 };
+    let r = run_load(&spec)?;
+    println!(
+        "| {name} | {batching} | {concurrency} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
+        r.requests,
+        r.p50_ms,
+        r.p90_ms,
+        r.p99_ms,
+        r.max_ms,
+        r.throughput,
+        r.errors()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
     let data = Dataset::load_csv(format!("{root}/data/digits.csv"))?;
@@ -102,24 +126,7 @@ fn main() -> Result<()> {
             let url = format!("{}/v2/models/m/infer", server.url());
             for concurrency in [1usize, 16, 64] {
                 let requests = if concurrency == 1 { 2000 } else { 6000 };
-                let spec = LoadSpec {
-                    url: url.clone(),
-                    bodies: bodies(&rows),
-                    mode: LoadMode::Closed { concurrency },
-                    requests,
-                    warmup: 200,
-                };
-                let r = run_load(&spec)?;
-                println!(
-                    "| {name} | {label} | {concurrency} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
-                    r.requests,
-                    r.p50_ms,
-                    r.p90_ms,
-                    r.p99_ms,
-                    r.max_ms,
-                    r.throughput,
-                    r.errors()
-                );
+                measure(name, label, &url, bodies(&rows), concurrency, requests)?;
             }
             server.shutdown()?;
         }
@@ -144,24 +151,7 @@ fn main() -> Result<()> {
         let url = format!("{}/v2/models/m/infer", server.url());
         for concurrency in [1usize, 16] {
             let requests = if concurrency == 1 { 2000 } else { 6000 };
-            let spec = LoadSpec {
-                url: url.clone(),
-                bodies: bodies(&raw),
-                mode: LoadMode::Closed { concurrency },
-                requests,
-                warmup: 200,
-            };
-            let r = run_load(&spec)?;
-            println!(
-                "| digits MLP, {label} | on | {concurrency} | {} | {:.3} | {:.3} | {:.3} | {:.2} | {:.0} | {} |",
-                r.requests,
-                r.p50_ms,
-                r.p90_ms,
-                r.p99_ms,
-                r.max_ms,
-                r.throughput,
-                r.errors()
-            );
+            measure(&format!("digits MLP, {label}"), "on", &url, bodies(&raw), concurrency, requests)?;
         }
         server.shutdown()?;
     }

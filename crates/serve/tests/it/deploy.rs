@@ -51,6 +51,12 @@ fn post_with(url: &str, header: Option<(&str, &str)>, body: &Value) -> (u16, Str
     (status, role, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A count column of a SQL answer.
+fn counts(frame: &DataFrame, column: &str) -> Vec<u32> {
+    let cast = frame.column(column).unwrap().cast(&kiln_data::polars::prelude::DataType::UInt32).unwrap();
+    cast.u32().unwrap().into_no_null_iter().collect()
+}
+
 fn request(id: &str, row: &[f64]) -> Value {
     json!({"id": id, "inputs": [{"name": "input", "shape": [1, 3], "datatype": "FP64", "data": [row]}]})
 }
@@ -133,15 +139,7 @@ fn a_shadow_never_changes_answers_and_is_recorded() {
     let by_role =
         store.sql("SELECT role, version, count(*) AS n FROM predictions GROUP BY role, version ORDER BY role").unwrap();
     let roles: Vec<&str> = by_role.column("role").unwrap().str().unwrap().iter().flatten().collect();
-    let counts: Vec<u32> = by_role
-        .column("n")
-        .unwrap()
-        .cast(&kiln_data::polars::prelude::DataType::UInt32)
-        .unwrap()
-        .u32()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let counts: Vec<u32> = counts(&by_role, "n");
     assert_eq!(roles, ["primary", "shadow"]);
     assert_eq!(counts, [60, 60]);
     // Feedback scores the shadow too: it is right exactly where the primary is wrong.
@@ -552,14 +550,6 @@ fn prediction_log_sampling_keeps_whole_requests() {
     let logged = store.sql("SELECT request_id, count(*) AS n FROM predictions GROUP BY request_id").unwrap();
     let requests = logged.height();
     assert!((60..140).contains(&requests), "{requests} of 400 requests logged at a 25% rate");
-    let rows: Vec<u32> = logged
-        .column("n")
-        .unwrap()
-        .cast(&kiln_data::polars::prelude::DataType::UInt32)
-        .unwrap()
-        .u32()
-        .unwrap()
-        .into_no_null_iter()
-        .collect();
+    let rows: Vec<u32> = counts(&logged, "n");
     assert!(rows.iter().all(|n| *n == 2), "a sampled request is logged whole");
 }
