@@ -94,6 +94,47 @@ fn a_cnn_trains_on_digits_as_8x8_images() {
 }
 
 #[test]
+fn a_cnn_trains_on_96x96x3_patches() {
+    // Histopathology-sized patches (96×96 RGB), rows in height × width × channel order; the
+    // class is in the red channel's brightness, under noise.
+    let (h, w, c) = (96, 96, 3);
+    let mut rng = SplitMix64::new(9);
+    let rows = 32;
+    let y: Vec<usize> = (0..rows).map(|i| i % 2).collect();
+    let x = Array2::from_shape_fn((rows, h * w * c), |(i, j)| {
+        let red = j % c == 0;
+        let signal = if red && y[i] == 1 { 0.8 } else { 0.0 };
+        (signal + rng.next_f64() - 0.5) as f32
+    });
+    let model = ModelConfig::Cnn(CnnConfig {
+        height: h,
+        width: w,
+        channels: c,
+        classes: 2,
+        filters: vec![8, 16, 16],
+        dense: vec![],
+        head: CnnHead::GlobalAvgPool,
+        activation: kiln_train::Activation::Relu,
+        dropout: 0.0,
+        batch_norm: false,
+    });
+    let examples = Examples::new(x.clone(), y.clone()).unwrap();
+    let config = TrainConfig { batch_size: 8, learning_rate: 3e-3, ..cpu(8) };
+    let trained = train(&config, &model, &examples, None, None, &mut quiet()).unwrap();
+    assert_eq!(trained.steps, 8 * 4);
+    let first = trained.history[0].train_loss;
+    let last = trained.history.last().unwrap().train_loss;
+    assert!(last.is_finite() && last < first, "train loss {first} -> {last}");
+    let probabilities = trained.classifier().unwrap().predict_proba(x.view()).unwrap();
+    assert_eq!(probabilities.dim(), (rows, 2));
+    for row in probabilities.rows() {
+        assert!((row.sum() - 1.0).abs() < 1e-4 && row.iter().all(|p| p.is_finite()), "{row:?}");
+    }
+    let accuracy = test_accuracy(&trained, &examples);
+    assert!(accuracy >= 0.9, "training accuracy {accuracy} on separable patches");
+}
+
+#[test]
 fn logistic_regression_sgd_and_adamw_all_learn_digits() {
     let d = digits();
     let optimizers = [
