@@ -15,7 +15,7 @@ use crate::deploy::{CanaryPolicy, DeploymentEvent, check_percent};
 use crate::feedback::OnlineAccuracy;
 use crate::monitor::MonitorReport;
 use crate::openapi::ROUTES;
-use crate::server::{AppState, Body, LoadedModel, Served, Slot, error, event, monitor_report};
+use crate::server::{AppState, Body, LoadedModel, Served, Slot, error, event, monitor_report, unreadable};
 use crate::{Error, Result};
 
 /// One version in a [`DeploymentStatus`].
@@ -380,7 +380,7 @@ async fn status(State(state): State<Arc<AppState>>, Path(name): Path<String>, he
 }
 
 fn parse_version_request(body: Body) -> std::result::Result<VersionRequest, (StatusCode, String)> {
-    let body = body.map_err(|r| (r.status(), format!("cannot read the request body: {}", r.body_text())))?;
+    let body = body.map_err(|r| unreadable(&r))?;
     serde_json::from_slice(&body).map_err(|e| {
         let expected = "expected {\"version\": ..., \"percent\": ..., \"path\": ...}";
         (StatusCode::BAD_REQUEST, format!("{expected}: {e}"))

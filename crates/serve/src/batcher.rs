@@ -103,7 +103,7 @@ pub(crate) struct Overloaded;
 /// which must not wait for the model).
 #[derive(Debug)]
 pub(crate) struct Batcher {
-    tx: Option<SyncSender<Job>>,
+    tx: SyncSender<Job>,
     /// Requests admitted and not yet answered: queued, or collected into a forming batch.
     pending: Arc<AtomicUsize>,
     capacity: usize,
@@ -114,7 +114,7 @@ impl Batcher {
         let capacity = config.queue_capacity.max(1);
         let (tx, rx) = sync_channel(capacity);
         std::thread::Builder::new().name(format!("kiln-serve {name}")).spawn(move || work(&predictor, &config, &rx))?;
-        Ok(Self { tx: Some(tx), pending: Arc::new(AtomicUsize::new(0)), capacity })
+        Ok(Self { tx, pending: Arc::new(AtomicUsize::new(0)), capacity })
     }
 
     /// Queues a request; its outcome arrives on the returned channel.
@@ -133,9 +133,9 @@ impl Batcher {
         let slot = Slot(Arc::clone(&self.pending));
         let (reply, rx) = tokio::sync::oneshot::channel();
         let job = Job { input, enqueued: Instant::now(), deadline, reply, _slot: slot };
-        match self.tx.as_ref().map(|tx| tx.try_send(job)) {
-            Some(Ok(())) => Ok(rx),
-            Some(Err(TrySendError::Full(_) | TrySendError::Disconnected(_))) | None => Err(Overloaded),
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => Err(Overloaded),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! belong to, online accuracy per version, and labeled production data exported for
 //! retraining.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use kiln_data::polars;
@@ -190,13 +190,13 @@ pub fn export_labeled(store: &Store, model: &str, label_column: &str, out: &Path
     let inputs = strings(&predictions, "inputs")?;
     let times = column(&predictions, "time_ms")?.i64().map_err(polars_error)?.into_no_null_iter().collect::<Vec<_>>();
 
-    let mut taken: HashMap<(String, u32), ()> = HashMap::new();
+    let mut taken: HashSet<(String, u32)> = HashSet::new();
     let mut out_rows: Vec<usize> = Vec::new();
     let mut out_labels: Vec<String> = Vec::new();
     for i in 0..ids.len() {
         let key = (ids[i].clone(), row_index[i]);
         if let Some(label) = labels.get(&key)
-            && taken.insert(key, ()).is_none()
+            && taken.insert(key)
         {
             out_rows.push(i);
             out_labels.push(label.clone());

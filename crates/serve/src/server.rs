@@ -474,6 +474,11 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// A request body, or the JSON error for one that could not be read (too large: 413).
 pub(crate) type Body = std::result::Result<axum::body::Bytes, BytesRejection>;
 
+/// The status and message for a body that could not be read.
+pub(crate) fn unreadable(rejection: &BytesRejection) -> (StatusCode, String) {
+    (rejection.status(), format!("cannot read the request body: {}", rejection.body_text()))
+}
+
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -532,8 +537,7 @@ async fn run_infer(
     let body = match body {
         Ok(body) => body,
         Err(rejection) => {
-            let status = rejection.status();
-            let message = format!("cannot read the request body: {}", rejection.body_text());
+            let (status, message) = unreadable(&rejection);
             return fail(picked.as_ref().map_or(&routing.primary, |p| &p.0), error(status, message));
         }
     };
@@ -786,7 +790,8 @@ async fn feedback(State(state): State<Arc<AppState>>, Path(name): Path<String>, 
     let body = match body {
         Ok(b) => b,
         Err(rejection) => {
-            return error(rejection.status(), format!("cannot read the request body: {}", rejection.body_text()));
+            let (status, message) = unreadable(&rejection);
+            return error(status, message);
         }
     };
     let request: FeedbackRequest = match serde_json::from_slice(&body) {
