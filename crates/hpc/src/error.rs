@@ -35,4 +35,54 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// A Slurm command printed something kiln could not read.
+    #[error("cannot read the output of {command} (line {line}): {message}")]
+    Parse {
+        /// The command (`squeue`, `sacct`, ...).
+        command: String,
+        /// 1-based line of its output (0 when not tied to a line).
+        line: usize,
+        /// What was expected.
+        message: String,
+    },
+    /// A Slurm command failed (after retries, when the failure looked transient).
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on standard error.
+        stderr: String,
+    },
+    /// Waiting for jobs took longer than allowed.
+    #[error("timed out after {waited:?} waiting for {pending} job(s) of {name:?} (still {states})")]
+    Timeout {
+        /// The submission's name.
+        name: String,
+        /// How long it waited.
+        waited: std::time::Duration,
+        /// How many jobs had not ended.
+        pending: usize,
+        /// Their states, summarised.
+        states: String,
+    },
+    /// A submission does not belong to this backend.
+    #[error("submission {name:?} was made by the {made_by} backend, not this {this} backend")]
+    WrongBackend {
+        /// The submission's name.
+        name: String,
+        /// The backend that made it.
+        made_by: String,
+        /// This backend.
+        this: String,
+    },
+    /// A pipeline stage failed or could not be prepared.
+    #[error("pipeline stage {stage:?}: {message}")]
+    Stage {
+        /// The stage name.
+        stage: String,
+        /// What went wrong.
+        message: String,
+    },
 }
