@@ -10,33 +10,19 @@
 //! of the study's run there).
 
 use anyhow::{Context, Result};
-use kiln::data::{Dataset, LabelEncoder, SplitFractions, StandardScaler, stratified_split};
 use kiln::track::Store;
 use kiln::train::tune::{PruneTraining, PrunerConfig, SamplerConfig, Study, StudyConfig, Tracking, Trial};
-use kiln::train::{
-    Activation, DeviceSpec, Examples, MlpConfig, ModelConfig, MonitorMetric, OptimizerConfig, TrainConfig, train,
-};
-use ndarray::Axis;
+use kiln::train::{Activation, DeviceSpec, MlpConfig, ModelConfig, MonitorMetric, OptimizerConfig, TrainConfig, train};
+
+#[path = "common/digits.rs"]
+mod digits;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    let data = Dataset::load_csv(format!("{root}/data/digits.csv"))?;
-    let features: Vec<String> = (0..8).flat_map(|r| (0..8).map(move |c| format!("pixel_{r}_{c}"))).collect();
-    let labels = data.to_strings("label")?;
-    let split = stratified_split(&labels, SplitFractions::default(), 42)?;
-    let raw = data.to_matrix(&features)?;
-    let classes = LabelEncoder::fit(&labels).encode(&labels)?;
-    let scaler = StandardScaler::fit(raw.select(Axis(0), &split.train).view(), &features)?;
-    let part = |rows: &[usize]| -> Result<Examples> {
-        let mut x = raw.select(Axis(0), rows);
-        scaler.transform(&mut x)?;
-        Ok(Examples::new(x.mapv(|v| v as f32), rows.iter().map(|r| classes[*r]).collect())?)
-    };
-    let (train_set, val_set) = (part(&split.train)?, part(&split.val)?);
+    let (train_set, val_set) = digits::train_and_val()?;
 
     let path = std::env::var("KILN_STUDY").unwrap_or_else(|_| "kiln-studies/digits.jsonl".into());
     let total: u64 =

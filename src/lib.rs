@@ -8,7 +8,7 @@
 //! | [`data`] | kiln-data | Polars ingestion, schemas and validation, splits, preprocessing, dataset hashes |
 //! | [`train`] | kiln-train | burn training (CPU or CUDA), evaluation, model packages |
 //! | [`track`] | kiln-track | runs, metrics, environments, Parquet lakehouse, SQL, model registry |
-//! | [`hpc`] | kiln-hpc | job specifications, `sbatch` scripts, local executor |
+//! | [`hpc`] | kiln-hpc | Slurm and local executors, requeue on preemption, cached pipelines |
 //! | [`serve`] | kiln-serve | KServe v2 HTTP serving and client |
 //!
 //! | feature | enables | default |

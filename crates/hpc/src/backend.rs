@@ -67,7 +67,8 @@ impl Submission {
         let mut out = Vec::new();
         for p in &self.parts {
             match p.tasks {
-                Some((a, b)) => out.extend((a..=b).map(|t| (JobRef { job: p.job, task: Some(t) }, Some(t + p.offset)))),
+                Some((a, b)) => out
+                    .extend((a..=b).map(|t| (JobRef { job: p.job, task: Some(t) }, Some(t.saturating_add(p.offset))))),
                 None => out.push((JobRef { job: p.job, task: None }, None)),
             }
         }
@@ -76,7 +77,7 @@ impl Submission {
 
     /// Number of jobs or tasks.
     pub fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.tasks.map_or(1, |(a, b)| (b - a + 1) as usize)).sum()
+        self.parts.iter().map(|p| p.tasks.map_or(1, |(a, b)| b.saturating_sub(a) as usize + 1)).sum()
     }
 
     /// Whether it holds no job (never, for a real submission).

@@ -76,7 +76,7 @@ impl JobContext {
             array_job_id: num("SLURM_ARRAY_JOB_ID"),
             task_id: either("KILN_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_ID"),
             task_count: small("SLURM_ARRAY_TASK_COUNT")
-                .or_else(|| task_min.zip(task_max).map(|(a, b)| b.saturating_sub(a) + 1)),
+                .or_else(|| task_min.zip(task_max).map(|(a, b)| b.saturating_sub(a).saturating_add(1))),
             task_min,
             task_max,
             proc_id: small("SLURM_PROCID"),

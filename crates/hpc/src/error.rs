@@ -67,6 +67,14 @@ pub enum Error {
         /// Their states, summarised.
         states: String,
     },
+    /// Status polls kept failing: the controller does not answer, or the commands fail.
+    #[error("slurm status polls failed {polls} times in a row; last error: {last_error}")]
+    Unreachable {
+        /// Failed polls in a row.
+        polls: u32,
+        /// The last failure.
+        last_error: String,
+    },
     /// A submission does not belong to this backend.
     #[error("submission {name:?} was made by the {made_by} backend, not this {this} backend")]
     WrongBackend {

@@ -81,7 +81,7 @@ pub struct ArraySpec {
 impl ArraySpec {
     /// Number of tasks.
     pub fn len(&self) -> u32 {
-        self.last - self.first + 1
+        if self.is_empty() { 0 } else { (self.last - self.first).saturating_add(1) }
     }
 
     /// Whether there are no tasks (never, for a built spec).
@@ -317,6 +317,10 @@ trap 'kiln_on_signal USR2' USR2
 trap 'kiln_on_signal TERM' TERM
 "$@" &
 kiln_child=$!
+# A signal that came before the command started is passed on now.
+if [ -n "$kiln_signal" ]; then
+    kill -s "$kiln_signal" "$kiln_child" 2>/dev/null
+fi
 while :; do
     kiln_trapped=
     wait "$kiln_child"
@@ -481,7 +485,16 @@ impl JobSpecBuilder {
 
     /// Checks and returns the spec.
     pub fn build(self) -> Result<JobSpec> {
-        let s = self.spec;
+        self.spec.validate()?;
+        Ok(self.spec)
+    }
+}
+
+impl JobSpec {
+    /// Checks the spec as [`JobSpecBuilder::build`] does; backends call it again, since the
+    /// fields are public and specs are deserialisable.
+    pub fn validate(&self) -> Result<()> {
+        let s = self;
         let bad = |message: String| Err(Error::InvalidSpec { job: s.name.clone(), message });
         if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
             return bad("the name must be non-empty ASCII letters, digits, '-', '_' or '.'".into());
@@ -530,10 +543,20 @@ impl JobSpecBuilder {
         if let Some(v) = directives.chain(&s.setup).find(|v| v.contains('\n') || v.contains('\r')) {
             return bad(format!("{v:?} contains a line break"));
         }
+        if let Some(w) = &s.workdir
+            && w.to_string_lossy().contains(['\n', '\r'])
+        {
+            return bad(format!("the working directory {w:?} contains a line break"));
+        }
         if let Some(d) = s.extra_directives.iter().find(|d| !d.starts_with('-')) {
             return bad(format!("extra directive {d:?} must be an sbatch option starting with '-'"));
         }
-        Ok(s)
+        if let Some(d) = s.extra_directives.iter().find(|d| d.starts_with("--clusters") || d.starts_with("-M")) {
+            return bad(format!(
+                "{d:?}: submitting to another cluster is not supported yet (kiln tracks jobs on the local cluster)"
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -198,6 +198,7 @@ impl Backend for LocalExecutor {
     }
 
     fn submit(&self, spec: &JobSpec) -> Result<Submission> {
+        spec.validate()?;
         let inner = &self.inner;
         let tasks: Vec<Option<u32>> = match spec.array {
             Some(a) => (a.first..=a.last).map(Some).collect(),
@@ -355,13 +356,15 @@ fn run_task(inner: &Inner, t: &Task) {
             // Appended after a restart, as Slurm does for a requeued job's log.
             OpenOptions::new().create(true).append(restarts > 0).write(true).truncate(restarts == 0).open(p)
         };
-        let (out, err) = match (
-            open(&stdout),
-            if stderr == stdout { open(&stdout).and_then(|f| f.try_clone()) } else { open(&stderr) },
-        ) {
-            (Ok(o), Ok(e)) => (o, e),
-            (Err(e), _) => return fail(format!("cannot open {}: {e}", stdout.display())),
-            (_, Err(e)) => return fail(format!("cannot open {}: {e}", stderr.display())),
+        let out = match open(&stdout) {
+            Ok(o) => o,
+            Err(e) => return fail(format!("cannot open {}: {e}", stdout.display())),
+        };
+        // One file for both: share the descriptor (and its offset), or one overwrites the other.
+        let err = if stderr == stdout { out.try_clone() } else { open(&stderr) };
+        let err = match err {
+            Ok(e) => e,
+            Err(e) => return fail(format!("cannot open {}: {e}", stderr.display())),
         };
         let started = Instant::now();
         let deadline = spec.time_limit.map(|l| started + l);
@@ -399,6 +402,10 @@ fn run_task(inner: &Inner, t: &Task) {
         if let Some(dir) = &spec.workdir {
             cmd.current_dir(dir);
         }
+        // Its own process group, so signals reach the whole job (as Slurm's do), not only the
+        // first process.
+        #[cfg(unix)]
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => return fail(format!("cannot start {:?}: {e}", spec.command[0])),
@@ -523,6 +530,7 @@ fn supervise(inner: &Inner, t: &Task, child: &mut Child, started: Instant, deadl
             }
         } else if !killed && term_sent.is_some_and(|s| now.duration_since(s) >= inner.kill_wait) {
             killed = true;
+            send_signal(child.id(), "KILL");
             let _ = child.kill();
         }
         let _ = started;
@@ -530,9 +538,11 @@ fn supervise(inner: &Inner, t: &Task, child: &mut Child, started: Instant, deadl
     }
 }
 
-/// Sends a signal by name with `kill(1)`: no unsafe code, no libc binding.
+/// Sends a signal by name to the job's process group with `kill(1)`: no unsafe code, no libc
+/// binding.
 fn send_signal(pid: u32, signal: &str) {
-    let sent = Command::new("kill").arg("-s").arg(signal).arg(pid.to_string()).stderr(Stdio::null()).status();
+    let target = if cfg!(unix) { format!("-{pid}") } else { pid.to_string() };
+    let sent = Command::new("kill").arg("-s").arg(signal).arg("--").arg(target).stderr(Stdio::null()).status();
     if !sent.is_ok_and(|s| s.success()) {
         tracing::debug!(pid, signal, "kill found no process (it had exited)");
     }

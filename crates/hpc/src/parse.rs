@@ -412,14 +412,18 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
         Some((d, r)) => (d.parse::<u64>().ok()?, r),
         None => (0, s),
     };
-    let parts: Vec<u64> = rest.split(':').map(|p| p.parse::<f64>().ok().map(|x| x as u64)).collect::<Option<_>>()?;
+    // Seconds may carry a fraction (sacct's `00:00.009`); it is dropped.
+    let parts: Vec<u64> = rest
+        .split(':')
+        .map(|p| p.split('.').next().and_then(|whole| whole.parse::<u64>().ok()))
+        .collect::<Option<_>>()?;
     let secs = match parts[..] {
-        [s] => s,
-        [m, s] => m * 60 + s,
-        [h, m, s] => h * 3600 + m * 60 + s,
-        _ => return None,
-    };
-    Some(Duration::from_secs(days * 86_400 + secs))
+        [s] => Some(s),
+        [m, s] => m.checked_mul(60)?.checked_add(s),
+        [h, m, s] => h.checked_mul(3600)?.checked_add(m.checked_mul(60)?)?.checked_add(s),
+        _ => None,
+    }?;
+    Some(Duration::from_secs(days.checked_mul(86_400)?.checked_add(secs)?))
 }
 
 fn reason(s: &str) -> Option<String> {
@@ -456,7 +460,8 @@ impl PathContext<'_> {
                 width.push(*d);
                 chars.next();
             }
-            let w: usize = width.parse().unwrap_or(0);
+            // Slurm caps the padding at 10 digits.
+            let w: usize = width.parse::<usize>().unwrap_or(0).min(10);
             let value = match chars.next() {
                 Some('%') => Some("%".to_string()),
                 Some('j') => Some(self.unique_id.to_string()),

@@ -251,7 +251,7 @@ impl Pipeline {
         let mut elapsed: Vec<Option<Duration>> = vec![None; n];
         let mut records: Vec<Vec<JobRecord>> = vec![Vec::new(); n];
         for &i in &to_run {
-            self.submit(backend, &plan, i, &mut subs, &mut attempts, &mut started)?;
+            self.submit(backend, &plan, i, &outcome, &mut subs, &mut started)?;
         }
         for &i in &to_run {
             if outcome[i].is_some() {
@@ -259,6 +259,9 @@ impl Pipeline {
             }
             loop {
                 let recs = backend.wait(&subs[&i], None)?;
+                // Counts runs that ended, not submissions cancelled because an upstream stage
+                // was retried.
+                attempts[i] += 1;
                 let failure = if recs.iter().all(JobRecord::success) {
                     self.stages[i]
                         .outputs
@@ -279,29 +282,25 @@ impl Pipeline {
                     Some(why) if attempts[i] <= self.stages[i].retries => {
                         let delay = self.stages[i].retry_delay * 2u32.saturating_pow(attempts[i] - 1);
                         tracing::warn!(stage = %self.stages[i].spec.name, %why, ?delay, "stage failed; retrying");
-                        let downstream = plan.downstream(i);
+                        let downstream = plan.pending_downstream(i, &outcome);
                         for &d in &downstream {
                             if let Some(s) = subs.get(&d) {
                                 backend.cancel(s)?;
                             }
                         }
                         std::thread::sleep(delay);
-                        self.submit(backend, &plan, i, &mut subs, &mut attempts, &mut started)?;
+                        self.submit(backend, &plan, i, &outcome, &mut subs, &mut started)?;
                         for &d in plan.order.iter().filter(|d| downstream.contains(d)) {
-                            if outcome[d].is_none() {
-                                self.submit(backend, &plan, d, &mut subs, &mut attempts, &mut started)?;
-                            }
+                            self.submit(backend, &plan, d, &outcome, &mut subs, &mut started)?;
                         }
                     }
                     Some(why) => {
                         let name = &self.stages[i].spec.name;
-                        for d in plan.downstream(i) {
+                        for d in plan.pending_downstream(i, &outcome) {
                             if let Some(s) = subs.get(&d) {
                                 backend.cancel(s)?;
                             }
-                            if outcome[d].is_none() {
-                                outcome[d] = Some(StageOutcome::Skipped(format!("stage {name:?} failed")));
-                            }
+                            outcome[d] = Some(StageOutcome::Skipped(format!("stage {name:?} failed")));
                         }
                         outcome[i] = Some(StageOutcome::Failed(why));
                         break;
@@ -329,14 +328,20 @@ impl Pipeline {
         backend: &dyn Backend,
         plan: &Plan,
         i: usize,
+        outcome: &[Option<StageOutcome>],
         subs: &mut HashMap<usize, Submission>,
-        attempts: &mut [u32],
         started: &mut [Option<Instant>],
     ) -> Result<()> {
         let stage = &self.stages[i];
         let mut spec = stage.spec.clone();
-        let upstream: Vec<u64> =
-            plan.upstream[i].iter().filter_map(|u| subs.get(u)).flat_map(Submission::job_ids).collect();
+        // Only on upstream jobs that have not finished: one that ended long ago may have been
+        // purged by the controller, and sbatch refuses a dependency on an unknown job.
+        let upstream: Vec<u64> = plan.upstream[i]
+            .iter()
+            .filter(|&&u| outcome[u].is_none())
+            .filter_map(|u| subs.get(u))
+            .flat_map(Submission::job_ids)
+            .collect();
         if !upstream.is_empty() {
             spec.dependencies.push(Dependency::AfterOk(upstream));
         }
@@ -348,7 +353,6 @@ impl Pipeline {
         let sub = backend.submit(&spec)?;
         tracing::info!(stage = %stage.spec.name, submission = %sub, "stage submitted");
         subs.insert(i, sub);
-        attempts[i] += 1;
         started[i].get_or_insert_with(Instant::now);
         Ok(())
     }
@@ -514,13 +518,15 @@ struct Plan {
 }
 
 impl Plan {
-    /// Every stage that depends on `i`, directly or not.
-    fn downstream(&self, i: usize) -> Vec<usize> {
+    /// The stages still to finish that wait for `i`, directly or through other such stages
+    /// (what was submitted with `afterok` behind it); a cached stage in between breaks the
+    /// chain.
+    fn pending_downstream(&self, i: usize, outcome: &[Option<StageOutcome>]) -> Vec<usize> {
         let mut out: Vec<usize> = Vec::new();
         let mut frontier = vec![i];
         while let Some(x) = frontier.pop() {
             for (j, up) in self.upstream.iter().enumerate() {
-                if up.contains(&x) && !out.contains(&j) {
+                if up.contains(&x) && outcome[j].is_none() && j != i && !out.contains(&j) {
                     out.push(j);
                     frontier.push(j);
                 }

@@ -120,24 +120,7 @@ impl SlurmBackend {
 
     /// The cluster's settings, read once per process.
     pub fn cluster_info(&self) -> Result<ClusterInfo> {
-        if let Some(info) = self.poller.info.get() {
-            return Ok(info.clone());
-        }
-        let out = self.poller.cmds.run(Tool::Scontrol, &["show".into(), "config".into()], None)?;
-        let config = parse::parse_show_config(&out);
-        let max_array_size = match config.get("MaxArraySize") {
-            Some(v) => v.parse().map_err(|_| Error::Parse {
-                command: "scontrol show config".into(),
-                line: 0,
-                message: format!("MaxArraySize: expected a number, got {v:?}"),
-            })?,
-            None => 1001,
-        };
-        let accounting =
-            config.get("AccountingStorageType").is_some_and(|t| !t.is_empty() && t != "accounting_storage/none");
-        let name = config.get("ClusterName").cloned().unwrap_or_default();
-        let info = ClusterInfo { name, max_array_size, accounting };
-        Ok(self.poller.info.get_or_init(|| info).clone())
+        self.poller.cluster_info()
     }
 
     /// Commands issued so far by this backend's poller (shared with every backend of the same
@@ -192,6 +175,7 @@ impl Backend for SlurmBackend {
     }
 
     fn submit(&self, spec: &JobSpec) -> Result<Submission> {
+        spec.validate()?;
         let chunks: Vec<Option<ArrayChunk>> = match spec.array {
             Some(a) => {
                 let max = self.cluster_info()?.max_array_size;
@@ -209,8 +193,24 @@ impl Backend for SlurmBackend {
                 spec.dependencies.push(Dependency::AfterAny(vec![prev.job]));
             }
             let script = spec.render(chunk);
-            let out = self.poller.cmds.run(Tool::Sbatch, &["--parsable".into()], Some(&script))?;
-            let (job, cluster) = parse::parse_sbatch(&out)?;
+            let submitted = self
+                .poller
+                .cmds
+                .run(Tool::Sbatch, &["--parsable".into()], Some(&script))
+                .and_then(|out| parse::parse_sbatch(&out));
+            let (job, cluster) = match submitted {
+                Ok(id) => id,
+                Err(e) => {
+                    // Do not leave the parts already submitted running untracked.
+                    if !parts.is_empty() {
+                        let ids: Vec<String> = parts.iter().map(|p| p.job.to_string()).collect();
+                        if let Err(cancel) = self.poller.cmds.run(Tool::Scancel, &ids, None) {
+                            tracing::warn!(error = %cancel, jobs = ?ids, "cannot cancel the parts already submitted");
+                        }
+                    }
+                    return Err(e);
+                }
+            };
             tracing::debug!(job, name = %spec.name, "submitted");
             parts.push(SubmittedPart {
                 job,
@@ -231,7 +231,10 @@ impl Backend for SlurmBackend {
         let mut st = self.poller.lock();
         // Wait for the poller to have seen each job, at most two ticks.
         let start_tick = st.ticks;
-        while expected.iter().any(|(id, _)| !st.records.contains_key(id)) && st.ticks < start_tick + 2 {
+        while expected.iter().any(|(id, _)| !st.records.contains_key(id))
+            && st.ticks < start_tick + 2
+            && st.thread_running
+        {
             st = self
                 .poller
                 .updated
@@ -259,11 +262,26 @@ impl Backend for SlurmBackend {
         let expected = submission.expected();
         let mut st = self.poller.lock();
         loop {
-            let done: Vec<&JobRecord> =
-                expected.iter().filter_map(|(id, _)| st.records.get(id)).filter(|r| r.state.is_terminal()).collect();
-            if done.len() == expected.len() {
-                let records = done.into_iter().cloned().collect();
+            let done =
+                expected.iter().filter_map(|(id, _)| st.records.get(id)).filter(|r| r.state.is_terminal()).count();
+            if done == expected.len() {
+                let records = expected.iter().filter_map(|(id, _)| st.records.get(id)).cloned().collect();
                 return Ok(in_task_order(submission, records));
+            }
+            if st.failed_polls >= FAILED_POLLS_LIMIT {
+                return Err(Error::Unreachable {
+                    polls: st.failed_polls,
+                    last_error: st.last_error.clone().unwrap_or_default(),
+                });
+            }
+            if !st.thread_running {
+                // The thread ended (or could not start): start it again.
+                drop(st);
+                self.poller.watch(submission);
+                st = self.poller.lock();
+                if !st.thread_running {
+                    return Err(Error::Unreachable { polls: 0, last_error: st.last_error.clone().unwrap_or_default() });
+                }
             }
             let left = match timeout {
                 Some(t) => match t.checked_sub(started.elapsed()) {
@@ -281,7 +299,7 @@ impl Backend for SlurmBackend {
                         return Err(Error::Timeout {
                             name: submission.name.clone(),
                             waited: started.elapsed(),
-                            pending: expected.len() - done.len(),
+                            pending: expected.len() - done,
                             states,
                         });
                     }
@@ -300,6 +318,10 @@ impl Backend for SlurmBackend {
     }
 }
 
+/// Polls in a row that may fail before waiters give up with [`Error::Unreachable`]. With the
+/// default intervals that is several minutes of a controller that does not answer.
+const FAILED_POLLS_LIMIT: u32 = 10;
+
 /// The one poller for a configuration.
 struct Poller {
     config: SlurmConfig,
@@ -317,6 +339,8 @@ struct PollState {
     thread_running: bool,
     ticks: u64,
     last_error: Option<String>,
+    /// Polls in a row that failed.
+    failed_polls: u32,
 }
 
 struct Watch {
@@ -338,6 +362,28 @@ impl Poller {
 
     fn lock(&self) -> MutexGuard<'_, PollState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The cluster's settings, read once (`scontrol show config`).
+    fn cluster_info(&self) -> Result<ClusterInfo> {
+        if let Some(info) = self.info.get() {
+            return Ok(info.clone());
+        }
+        let out = self.cmds.run(Tool::Scontrol, &["show".into(), "config".into()], None)?;
+        let config = parse::parse_show_config(&out);
+        let max_array_size = match config.get("MaxArraySize") {
+            Some(v) => v.parse().map_err(|_| Error::Parse {
+                command: "scontrol show config".into(),
+                line: 0,
+                message: format!("MaxArraySize: expected a number, got {v:?}"),
+            })?,
+            None => 1001,
+        };
+        let accounting =
+            config.get("AccountingStorageType").is_some_and(|t| !t.is_empty() && t != "accounting_storage/none");
+        let name = config.get("ClusterName").cloned().unwrap_or_default();
+        let info = ClusterInfo { name, max_array_size, accounting };
+        Ok(self.info.get_or_init(|| info).clone())
     }
 
     /// Tracks the submission's jobs and makes sure the polling thread runs.
@@ -363,10 +409,21 @@ impl Poller {
     }
 
     fn run(self: Arc<Self>) {
+        /// Marks the thread stopped however it ends (a panic included), so the next watch()
+        /// starts a new one and waiters stop waiting for ticks that will not come.
+        struct Running<'a>(&'a Poller);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                let mut st = self.0.lock();
+                st.thread_running = false;
+                self.0.updated.notify_all();
+            }
+        }
+        let _running = Running(&self);
         let mut interval = self.config.poll_interval;
         loop {
             let ids: Vec<u64> = {
-                let mut st = self.lock();
+                let st = self.lock();
                 let ids: Vec<u64> = st
                     .watched
                     .iter()
@@ -376,8 +433,6 @@ impl Poller {
                     .map(|(job, _)| *job)
                     .collect();
                 if ids.is_empty() {
-                    st.thread_running = false;
-                    self.updated.notify_all();
                     return;
                 }
                 ids
@@ -389,15 +444,18 @@ impl Poller {
                 interval = match result {
                     Ok(true) => {
                         st.last_error = None;
+                        st.failed_polls = 0;
                         self.config.poll_interval
                     }
                     Ok(false) => {
                         st.last_error = None;
+                        st.failed_polls = 0;
                         interval.mul_f64(1.5).min(self.config.max_poll_interval)
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "slurm status poll failed");
                         st.last_error = Some(e.to_string());
+                        st.failed_polls += 1;
                         (interval * 2).min(self.config.max_poll_interval)
                     }
                 };
@@ -442,7 +500,8 @@ impl Poller {
                 .collect()
         };
         if !missing_jobs.is_empty() {
-            let accounting = self.info.get().is_some_and(|i| i.accounting);
+            // Read once per process, on the first job squeue stops listing.
+            let accounting = self.cluster_info().is_ok_and(|i| i.accounting);
             if accounting {
                 let list: Vec<String> = missing_jobs.iter().map(u64::to_string).collect();
                 let args = vec![
@@ -616,7 +675,15 @@ fn run_once(program: &Path, args: &[String], stdin: Option<&str>) -> std::io::Re
         .stderr(Stdio::piped())
         .spawn()?;
     if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes())?;
+        // A program that exits before reading its input closes the pipe; its exit status and
+        // stderr then say why, so the write error is not the one to report.
+        if let Err(e) = pipe.write_all(text.as_bytes())
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
     }
     child.wait_with_output()
 }

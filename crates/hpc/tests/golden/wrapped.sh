@@ -45,6 +45,10 @@ trap 'kiln_on_signal USR2' USR2
 trap 'kiln_on_signal TERM' TERM
 kiln-train --resume &
 kiln_child=$!
+# A signal that came before the command started is passed on now.
+if [ -n "$kiln_signal" ]; then
+    kill -s "$kiln_signal" "$kiln_child" 2>/dev/null
+fi
 while :; do
     kiln_trapped=
     wait "$kiln_child"

@@ -166,3 +166,42 @@ fn job_context_inside_a_local_array_task() {
     assert_ne!(ctx.job_id, ctx.array_job_id, "each task has its own job id");
     assert_eq!((ctx.cpus_per_task, ctx.restart_count, ctx.proc_id), (Some(2), 0, Some(0)));
 }
+
+#[test]
+fn one_log_file_for_both_streams_keeps_both() {
+    let dir = TempDir::new("local-onelog");
+    let exec = LocalExecutor::new(dir.path()).unwrap();
+    let log = dir.path().join("logs/%x-%j.log");
+    let spec = JobSpec::builder("both", ["sh", "-c", "echo out; echo err >&2; echo out2"])
+        .stdout(log.to_str().unwrap())
+        .build()
+        .unwrap();
+    let r = exec.run(&spec).unwrap();
+    assert_eq!(r[0].stdout, r[0].stderr);
+    let path = r[0].stdout.as_ref().unwrap();
+    assert_eq!(path, &dir.path().join(format!("logs/both-{}.log", r[0].id.job)));
+    assert_eq!(std::fs::read_to_string(path).unwrap(), "out\nerr\nout2\n");
+}
+
+#[test]
+fn cancel_reaches_the_whole_process_group() {
+    let dir = TempDir::new("local-group");
+    let exec = LocalExecutor::new(dir.path()).unwrap().kill_wait(Duration::from_millis(300));
+    let pidfile = dir.path().join("grandchild");
+    // bash starts a grandchild and waits; the grandchild must die with the job.
+    let body = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+    let sub = exec.submit(&JobSpec::builder("group", ["bash", "-c", &body]).build().unwrap()).unwrap();
+    let started = Instant::now();
+    while std::fs::read_to_string(&pidfile).map_or(true, |s| s.trim().is_empty()) {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    exec.cancel(&sub).unwrap();
+    exec.wait(&sub, Some(Duration::from_secs(10))).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // Gone, or a zombie waiting for its new parent to reap it.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next().unwrap_or('?'));
+    assert!(state.is_none() || state == Some('Z'), "grandchild {pid} survived the cancel: {stat}");
+}

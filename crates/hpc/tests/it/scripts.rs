@@ -71,7 +71,8 @@ fn wrapped_job_script() {
 }
 
 /// Runs a wrapped script under bash, outside Slurm: `squeue` prints `end_in` seconds from now as
-/// the end time, `scontrol` logs its arguments. The command is a shell script that checkpoints
+/// the end time, `scontrol` logs its arguments and, as a requeue does, kills the script (the
+/// exit code is then -1). The command is a shell script that checkpoints
 /// on SIGUSR2 (exit 75) unless `SLURM_RESTART_COUNT` says it already did.
 fn run_wrapper(end_in: i64, restarts: u32, requeue_limit: u32) -> (i32, String, String) {
     let dir = TempDir::new("wrapper");
@@ -84,9 +85,10 @@ fn run_wrapper(end_in: i64, restarts: u32, requeue_limit: u32) -> (i32, String, 
             d = dir.path().display()
         ),
     );
+    // Like Slurm, a requeue ends the batch script at once.
     write_script(
         &bin.join("scontrol"),
-        &format!("#!/bin/bash\necho \"scontrol $*\" >> {}/calls\n", dir.path().display()),
+        &format!("#!/bin/bash\necho \"scontrol $*\" >> {}/calls\nkill -KILL $PPID\n", dir.path().display()),
     );
     let worker = dir.path().join("worker.sh");
     write_script(
@@ -123,7 +125,7 @@ fn run_wrapper(end_in: i64, restarts: u32, requeue_limit: u32) -> (i32, String, 
 #[test]
 fn wrapper_forwards_the_signal_and_requeues_after_a_preemption() {
     let (code, log, calls) = run_wrapper(3000, 0, 2);
-    assert_eq!(code, 75, "{log}");
+    assert_eq!(code, -1, "ended by the requeue: {log}");
     assert!(log.contains("started") && log.contains("checkpointed") && !log.contains("finished"), "{log}");
     assert!(log.contains("SIGUSR2 received (preemption)"), "{log}");
     assert!(calls.contains("squeue -h -j 77 -O EndTime"), "{calls}");
@@ -134,7 +136,7 @@ fn wrapper_forwards_the_signal_and_requeues_after_a_preemption() {
 #[test]
 fn wrapper_tells_a_time_limit_warning_from_a_preemption() {
     let (code, log, calls) = run_wrapper(55, 1, 2);
-    assert_eq!(code, 75, "{log}");
+    assert_eq!(code, -1, "ended by the requeue: {log}");
     assert!(log.contains("SIGUSR2 received (timeout)"), "{log}");
     assert!(calls.contains("scontrol requeue 77"), "{calls}");
     assert!(log.contains("restart 2 of 2"), "{log}");

@@ -229,3 +229,60 @@ fn pipeline_runs_as_chained_jobs_then_is_fully_cached() {
     assert_eq!(read(&d.join("runs")).lines().count(), 3);
     assert_eq!(read(&d.join("model.txt")), "X,Y\n5,6\nlr=0.5\n");
 }
+
+/// The command-count benchmark (`scripts/bench-slurm-commands.sh`; docs/benchmarks.md): track a
+/// large array to completion with every Slurm tool wrapped to log its calls, and count them.
+#[test]
+#[ignore = "a benchmark of a few minutes: run by scripts/bench-slurm-commands.sh"]
+fn command_count_while_tracking_a_large_array() {
+    let Some(_) = cluster() else { return };
+    let tasks: u32 = std::env::var("KILN_BENCH_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let dir = shared_dir("count");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = dir.path().join("calls");
+    let path = std::env::var("PATH").unwrap_or_default();
+    for tool in ["sbatch", "squeue", "sacct", "scontrol", "scancel"] {
+        let real = std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| p.is_file());
+        let Some(real) = real else { continue };
+        write_script(
+            &bin.join(tool),
+            &format!("#!/bin/bash\necho {tool} >> {}\nexec {} \"$@\"\n", calls.display(), real.display()),
+        );
+    }
+    let config = SlurmConfig {
+        bin_dir: Some(bin),
+        poll_interval: Duration::from_secs(2),
+        max_poll_interval: Duration::from_secs(10),
+        ..SlurmConfig::default()
+    };
+    let slurm = SlurmBackend::connect(config).unwrap();
+    let spec = JobSpec::builder("kiln-count", ["true"]).array(0, tasks - 1).stdout("/dev/null").build().unwrap();
+    let started = Instant::now();
+    let sub = slurm.submit(&spec).unwrap();
+    // Many waiters, as many threads of a sweep driver would be: they share the one poller.
+    let waiters: Vec<_> = (0..8)
+        .map(|_| {
+            let (slurm, sub) = (slurm.clone(), sub.clone());
+            std::thread::spawn(move || slurm.wait(&sub, Some(Duration::from_secs(1800))).unwrap())
+        })
+        .collect();
+    let records: Vec<_> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
+    let elapsed = started.elapsed();
+    assert!(records.iter().all(|r| r.len() == tasks as usize && r.iter().all(|t| t.success())));
+    let log = read(&calls);
+    let count = |tool: &str| log.lines().filter(|l| *l == tool).count();
+    let stats = slurm.poll_stats();
+    println!(
+        "tracked {tasks} array tasks with 8 waiters in {:.1}s: {} poll ticks; commands on PATH: sbatch {}, squeue {}, sacct {}, scontrol {}, scancel {} (poller's own count: {stats:?})",
+        elapsed.as_secs_f64(),
+        stats.ticks,
+        count("sbatch"),
+        count("squeue"),
+        count("sacct"),
+        count("scontrol"),
+        count("scancel"),
+    );
+    assert_eq!(count("squeue") as u64, stats.ticks, "one squeue per tick");
+    assert_eq!(count("sbatch"), 1);
+}
