@@ -44,8 +44,8 @@ fn main() -> Result<()> {
     let study_path = dir.join("study.jsonl");
     let store = Store::open(dir.join("store"))?;
     let mut sweep_run = store.run_builder(EXPERIMENT).name("digits MLP sweep").start()?;
-    sweep_run.log_param("study", &study_path.display().to_string())?;
-    sweep_run.log_param("tasks", &tasks.to_string())?;
+    sweep_run.log_param("study", study_path.display().to_string())?;
+    sweep_run.log_param("tasks", tasks.to_string())?;
 
     let backend: Box<dyn Backend> = match std::env::var("KILN_BACKEND").as_deref() {
         Ok("local") => Box::new(LocalExecutor::new(dir.join("logs"))?),

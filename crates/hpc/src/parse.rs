@@ -220,8 +220,8 @@ fn number(v: Option<&serde_json::Value>) -> Option<u64> {
 pub(crate) const SACCT_FIELDS: &str = "JobID,JobName,State,ExitCode,ElapsedRaw";
 
 /// Reads `sacct --parsable2` output, with a header line (columns found by name) or without one
-/// (kiln's [`SACCT_FIELDS`] order). Job steps (`123.batch`, `123.0`) are skipped: they are not
-/// jobs; `-X` leaves them out anyway.
+/// (kiln's order: `JobID,JobName,State,ExitCode,ElapsedRaw`). Job steps (`123.batch`, `123.0`)
+/// are skipped: they are not jobs; `-X` leaves them out anyway.
 pub fn parse_sacct(text: &str) -> Result<Vec<JobRecord>> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).peekable();
     let default: Vec<String> = SACCT_FIELDS.split(',').map(str::to_string).collect();
