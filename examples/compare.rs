@@ -4,6 +4,9 @@
 //!
 //! - `compare hash DIR`: content digest of every file under DIR (kiln-data's BLAKE3, files in
 //!   parallel), against DVC's MD5 per file.
+//! - `compare track DIR POINTS batch|call`: a new store in DIR, one run, POINTS metric values
+//!   over 10 keys, logged ten keys per call (`log_metrics`) or one per call (`log_metric`),
+//!   until they are flushed to disk; then read back to count them.
 //! - `compare tpe HISTORY.jsonl ASKS`: an in-memory study is filled with HISTORY's finished
 //!   trials (x, lr, opt, value), then ASKS times a TPE `ask()` plus three suggestions; the
 //!   measured trials are failed afterwards so the history keeps its size.
@@ -22,7 +25,8 @@ fn main() -> Result<()> {
     match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["hash", dir] => hash(dir),
         ["tpe", history, asks] => tpe(history, asks.parse().context("ASKS")?),
-        _ => bail!("usage: compare hash DIR | compare tpe HISTORY.jsonl ASKS"),
+        ["track", dir, points, mode] => track(dir, points.parse().context("POINTS")?, mode),
+        _ => bail!("usage: compare hash DIR | compare tpe HISTORY.jsonl ASKS | compare track DIR POINTS batch|call"),
     }
 }
 
@@ -31,6 +35,36 @@ fn hash(dir: &str) -> Result<()> {
     let digest = kiln::data::hash_path(std::path::Path::new(dir), None)?;
     let seconds = start.elapsed().as_secs_f64();
     println!("{}", json!({"seconds": seconds, "check": {"files": digest.files, "bytes": digest.bytes}}));
+    Ok(())
+}
+
+fn track(dir: &str, points: u64, mode: &str) -> Result<()> {
+    const KEYS: [&str; 10] = ["k0", "k1", "k2", "k3", "k4", "k5", "k6", "k7", "k8", "k9"];
+    let store = kiln::track::Store::open(dir)?;
+    let mut run = store.start_run("compare")?;
+    let id = run.id().to_string();
+    let steps = points / KEYS.len() as u64;
+    let start = Instant::now();
+    match mode {
+        "batch" => {
+            for step in 0..steps {
+                let values: Vec<(&str, f64)> = KEYS.iter().map(|k| (*k, step as f64 * 0.5)).collect();
+                run.log_metrics(step, &values)?;
+            }
+        }
+        "call" => {
+            for step in 0..steps {
+                for k in KEYS {
+                    run.log_metric(k, step, step as f64 * 0.5)?;
+                }
+            }
+        }
+        _ => bail!("mode must be batch or call, not {mode:?}"),
+    }
+    run.finish()?;
+    let seconds = start.elapsed().as_secs_f64();
+    let stored = store.metrics(&id)?.len();
+    println!("{}", json!({"seconds": seconds, "check": {"points": stored}}));
     Ok(())
 }
 

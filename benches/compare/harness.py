@@ -9,9 +9,11 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +21,16 @@ CHOICES = ["sgd", "adam", "adamw"]
 
 
 def run(cmd):
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    """Runs one side; `{fresh}` in the command becomes a new, empty directory, removed after."""
+    fresh = None
+    if any("{fresh}" in str(c) for c in cmd):
+        fresh = tempfile.mkdtemp(prefix="kiln-compare-")
+        cmd = [str(c).replace("{fresh}", os.path.join(fresh, "store")) for c in cmd]
+    try:
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    finally:
+        if fresh:
+            shutil.rmtree(fresh, ignore_errors=True)
     lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
     if not lines:
         raise SystemExit(f"{' '.join(map(str, cmd))} printed no result:\n{out.stdout}\n{out.stderr}")
@@ -70,6 +81,20 @@ def cases(work, kiln, python, scale):
         "name": f"hashing: {files} files, {total / 2**20:.0f} MiB",
         "kiln": ([kiln, "hash", str(data)], "seconds", "kiln-data BLAKE3 (parallel)"),
         "peer": (peers + ["hash", str(data)], "seconds", "MD5 per file (DVC's hash)"),
+        "unit": "s",
+    }
+    points = max(int(1_000_000 * scale), 1000)
+    yield {
+        "name": f"tracking ingest: {points} metric points, batched",
+        "kiln": ([kiln, "track", "{fresh}", str(points), "batch"], "seconds", "kiln-track log_metrics, 10 keys a call"),
+        "peer": (peers + ["track", "{fresh}", str(points), "batch"], "seconds", "MLflow log_batch to SQLite, 1,000 a call"),
+        "unit": "s",
+    }
+    calls = max(int(10_000 * scale), 100)
+    yield {
+        "name": f"tracking ingest: {calls} metric points, one call each",
+        "kiln": ([kiln, "track", "{fresh}", str(calls), "call"], "seconds", "kiln-track log_metric"),
+        "peer": (peers + ["track", "{fresh}", str(calls), "call"], "seconds", "MLflow log_metric to SQLite"),
         "unit": "s",
     }
     for n in (1000, 10000):
@@ -131,7 +156,11 @@ def main():
         }
         rows.append(row)
         print(f"   kiln {row['kiln']} {case['unit']}, peer {row['peer']} {case['unit']}, peer/kiln {row['ratio']:.2f}x, same work: {row['same']}", flush=True)
-    versions = subprocess.run([a.python, "-c", "import optuna, numpy, sys; print(f'Python {sys.version.split()[0]}, optuna {optuna.__version__}, numpy {numpy.__version__}')"], capture_output=True, text=True).stdout.strip()
+    versions = subprocess.run(
+        [a.python, "-c", "import optuna, numpy, mlflow, sys; print(f'Python {sys.version.split()[0]}, optuna {optuna.__version__}, numpy {numpy.__version__}, mlflow {mlflow.__version__}')"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     table = [
         f"`benches/compare/run.sh` ({datetime.date.today()}, {os.cpu_count()} cores, {platform.machine()}, {versions}; "
         f"{a.rounds} alternating rounds after a warm-up; scale {a.scale}). Median (min–max); ratio = peer / kiln, "

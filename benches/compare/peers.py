@@ -29,6 +29,48 @@ def hash_dir(root):
     print(json.dumps({"seconds": seconds, "check": {"files": files, "bytes": total}}))
 
 
+def track(dir_, points, mode):
+    """MLflow with a local SQLite store: `log_batch` (1,000 metrics per call, MLflow's limit) or
+    one `log_metric` call per value. The store and the run are made before the clock starts, as
+    on kiln's side; the points are then counted with SQL, outside MLflow."""
+    import sqlite3
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    os.makedirs(dir_, exist_ok=True)
+    db = os.path.join(dir_, "mlflow.db")
+    client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    exp = client.create_experiment("compare", artifact_location=os.path.join(dir_, "artifacts"))
+    run_id = client.create_run(exp).info.run_id
+    keys = [f"k{i}" for i in range(10)]
+    steps = points // len(keys)
+    start = time.perf_counter()
+    ts = int(time.time() * 1000)
+    if mode == "batch":
+        batch = []
+        for step in range(steps):
+            for k in keys:
+                batch.append(Metric(k, step * 0.5, ts, step))
+                if len(batch) == 1000:
+                    client.log_batch(run_id, metrics=batch)
+                    batch = []
+        if batch:
+            client.log_batch(run_id, metrics=batch)
+    elif mode == "call":
+        for step in range(steps):
+            for k in keys:
+                client.log_metric(run_id, k, step * 0.5, timestamp=ts, step=step)
+    else:
+        sys.exit(f"mode must be batch or call, not {mode!r}")
+    client.set_terminated(run_id)
+    seconds = time.perf_counter() - start
+    stored = sqlite3.connect(db).execute("SELECT COUNT(*) FROM metrics").fetchone()[0]
+    print(json.dumps({"seconds": seconds, "check": {"points": stored}}))
+
+
 def tpe(history, asks):
     """Optuna's TPESampler: `ask()` plus three suggestions on a study holding the history."""
     import optuna
@@ -77,6 +119,8 @@ def tpe(history, asks):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["hash"] and len(sys.argv) == 3:
         hash_dir(sys.argv[2])
+    elif sys.argv[1:2] == ["track"] and len(sys.argv) == 5:
+        track(sys.argv[2], int(sys.argv[3]), sys.argv[4])
     elif sys.argv[1:2] == ["tpe"] and len(sys.argv) == 4:
         tpe(sys.argv[2], int(sys.argv[3]))
     else:
