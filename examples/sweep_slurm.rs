@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use kiln::hpc::{Backend, JobContext, JobSpec, LocalExecutor, SlurmBackend};
 use kiln::track::Store;
-use kiln::train::tune::{PruneTraining, PrunerConfig, SamplerConfig, Study, StudyConfig, Tracking, Trial};
-use kiln::train::{DeviceSpec, MlpConfig, ModelConfig, MonitorMetric, OptimizerConfig, TrainConfig, train};
+use kiln::train::tune::{PrunerConfig, SamplerConfig, Study, StudyConfig, Tracking, Trial};
+use kiln::train::{DeviceSpec, MlpConfig, ModelConfig, OptimizerConfig, TrainConfig};
 
 #[path = "common/digits.rs"]
 mod digits;
@@ -129,10 +129,7 @@ fn worker() -> Result<()> {
         let optimizer = OptimizerConfig::AdamW { beta_1: 0.9, beta_2: 0.999, weight_decay };
         let config =
             TrainConfig { epochs: 8, learning_rate, optimizer, device: DeviceSpec::Cpu, ..TrainConfig::default() };
-        let mut hooks = PruneTraining::new(trial, MonitorMetric::ValLoss);
-        let trained = train(&config, &model, &train_set, Some(&val_set), None, &mut hooks)?;
-        hooks.finish()?;
-        Ok(trained.history.iter().filter_map(|e| e.val_loss).fold(f64::INFINITY, f64::min))
+        digits::best_val_loss(trial, &config, &model, &train_set, &val_set)
     };
     let report = study.optimize_total(objective, total)?;
     println!(

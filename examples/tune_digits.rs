@@ -11,8 +11,8 @@
 
 use anyhow::{Context, Result};
 use kiln::track::Store;
-use kiln::train::tune::{PruneTraining, PrunerConfig, SamplerConfig, Study, StudyConfig, Tracking, Trial};
-use kiln::train::{Activation, DeviceSpec, MlpConfig, ModelConfig, MonitorMetric, OptimizerConfig, TrainConfig, train};
+use kiln::train::tune::{PrunerConfig, SamplerConfig, Study, StudyConfig, Tracking, Trial};
+use kiln::train::{Activation, DeviceSpec, MlpConfig, ModelConfig, OptimizerConfig, TrainConfig};
 
 #[path = "common/digits.rs"]
 mod digits;
@@ -54,10 +54,7 @@ fn main() -> Result<()> {
         });
         let config =
             TrainConfig { epochs: 15, learning_rate, optimizer, device: DeviceSpec::Cpu, ..TrainConfig::default() };
-        let mut hooks = PruneTraining::new(trial, MonitorMetric::ValLoss);
-        let trained = train(&config, &model, &train_set, Some(&val_set), None, &mut hooks)?;
-        hooks.finish()?;
-        Ok(trained.history.iter().filter_map(|e| e.val_loss).fold(f64::INFINITY, f64::min))
+        digits::best_val_loss(trial, &config, &model, &train_set, &val_set)
     };
     let report = study.optimize_total(objective, total)?;
     println!(

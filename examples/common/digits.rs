@@ -1,9 +1,26 @@
-//! The 8×8 digits data, split and standardised, shared by the tuning examples.
+//! The 8×8 digits data, split and standardised, and the objective's training step, shared by
+//! the tuning examples.
 
 use anyhow::Result;
 use kiln::data::{Dataset, LabelEncoder, SplitFractions, StandardScaler, stratified_split};
-use kiln::train::Examples;
+use kiln::train::tune::{PruneTraining, Trial};
+use kiln::train::{Examples, ModelConfig, MonitorMetric, TrainConfig, train};
 use ndarray::Axis;
+
+/// Trains `model` for a trial, reporting validation loss each epoch so the pruner can stop it
+/// early; the trial's value is the best validation loss.
+pub fn best_val_loss(
+    trial: &mut Trial,
+    config: &TrainConfig,
+    model: &ModelConfig,
+    train_set: &Examples,
+    val_set: &Examples,
+) -> kiln::train::Result<f64> {
+    let mut hooks = PruneTraining::new(trial, MonitorMetric::ValLoss);
+    let trained = train(config, model, train_set, Some(val_set), None, &mut hooks)?;
+    hooks.finish()?;
+    Ok(trained.history.iter().filter_map(|e| e.val_loss).fold(f64::INFINITY, f64::min))
+}
 
 /// Training and validation examples of `data/digits.csv` (stratified split, seed 42, scaler fitted
 /// on the training rows).

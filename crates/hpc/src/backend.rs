@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::Dependency;
 use crate::state::{JobRecord, JobRef};
-use crate::{JobSpec, Result};
+use crate::{Error, JobSpec, Result};
 
 /// Somewhere jobs run: [`SlurmBackend`](crate::SlurmBackend) (the cluster's scheduler) or
 /// [`LocalExecutor`](crate::LocalExecutor) (processes on this machine). A trait object
@@ -108,6 +108,18 @@ impl fmt::Display for Submission {
             .collect();
         write!(f, "{} {} ({})", self.backend, self.name, ids.join(", "))
     }
+}
+
+/// [`Error::WrongBackend`] unless `backend` made the submission.
+pub(crate) fn check_backend(backend: &dyn Backend, submission: &Submission) -> Result<()> {
+    if submission.backend != backend.name() {
+        return Err(Error::WrongBackend {
+            name: submission.name.clone(),
+            made_by: submission.backend.clone(),
+            this: backend.name().into(),
+        });
+    }
+    Ok(())
 }
 
 /// Orders records by the user's task id and fills in the user's ids.

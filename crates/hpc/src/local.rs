@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::backend::{Backend, Submission, SubmittedPart, in_task_order, summarise};
+use crate::backend::{Backend, Submission, SubmittedPart, check_backend, in_task_order, summarise};
 use crate::job::Dependency;
 use crate::parse::PathContext;
 use crate::state::{JobRecord, JobRef, JobState};
@@ -82,17 +82,6 @@ impl LocalExecutor {
     pub fn run(&self, spec: &JobSpec) -> Result<Vec<JobRecord>> {
         let submission = self.submit(spec)?;
         self.wait(&submission, None)
-    }
-
-    fn check(&self, submission: &Submission) -> Result<()> {
-        if submission.backend != self.name() {
-            return Err(Error::WrongBackend {
-                name: submission.name.clone(),
-                made_by: submission.backend.clone(),
-                this: self.name().into(),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -280,14 +269,14 @@ impl Backend for LocalExecutor {
     }
 
     fn status(&self, submission: &Submission) -> Result<Vec<JobRecord>> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         let st = self.inner.lock();
         let records = submission.expected().iter().filter_map(|(id, _)| st.records.get(id).cloned()).collect();
         Ok(in_task_order(submission, records))
     }
 
     fn wait(&self, submission: &Submission, timeout: Option<Duration>) -> Result<Vec<JobRecord>> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         let started = Instant::now();
         let expected = submission.expected();
         let mut st = self.inner.lock();
@@ -315,7 +304,7 @@ impl Backend for LocalExecutor {
     }
 
     fn cancel(&self, submission: &Submission) -> Result<()> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         let mut st = self.inner.lock();
         st.cancelled.extend(submission.job_ids());
         self.inner.changed.notify_all();
@@ -417,7 +406,7 @@ fn run_task(inner: &Inner, t: &Task) {
             r.stdout = Some(stdout.clone());
             r.stderr = Some(stderr.clone());
         });
-        let outcome = supervise(inner, t, &mut child, started, deadline);
+        let outcome = supervise(inner, t, &mut child, deadline);
         let elapsed = started.elapsed();
         let status = outcome.status;
         let signalled = outcome.signalled.is_some();
@@ -487,7 +476,7 @@ struct Outcome {
 }
 
 /// Watches the child: the early signal, the time limit, cancellation.
-fn supervise(inner: &Inner, t: &Task, child: &mut Child, started: Instant, deadline: Option<Instant>) -> Outcome {
+fn supervise(inner: &Inner, t: &Task, child: &mut Child, deadline: Option<Instant>) -> Outcome {
     let spec = &t.spec;
     let signal_at = match (deadline, spec.signal_before_end) {
         (Some(d), Some(lead)) => d.checked_sub(Duration::from_secs(u64::from(lead))),
@@ -533,7 +522,6 @@ fn supervise(inner: &Inner, t: &Task, child: &mut Child, started: Instant, deadl
             send_signal(child.id(), "KILL");
             let _ = child.kill();
         }
-        let _ = started;
         std::thread::sleep(Duration::from_millis(20));
     }
 }

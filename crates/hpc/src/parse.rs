@@ -295,7 +295,7 @@ pub fn parse_scontrol_jobs(text: &str) -> Result<Vec<JobRecord>> {
         let tasks: Vec<Option<u32>> = match (array_job, get("ArrayTaskId")) {
             (Some(_), Some(t)) => {
                 let list = t.split('%').next().unwrap_or(t);
-                parse_index_list_public(list)
+                crate::state::parse_index_list(list)
                     .ok_or_else(|| {
                         bad("scontrol show job", lineno, format!("field ArrayTaskId: expected task ids, got {t:?}"))
                     })?
@@ -331,10 +331,6 @@ pub fn parse_scontrol_jobs(text: &str) -> Result<Vec<JobRecord>> {
         }
     }
     Ok(out)
-}
-
-fn parse_index_list_public(s: &str) -> Option<Vec<u32>> {
-    crate::state::parse_index_list(s)
 }
 
 /// Splits `scontrol show` output into records of `Key=Value` fields; a record starts at each
@@ -527,6 +523,10 @@ mod tests {
         assert_eq!(s("2-03:04:05"), Some(2 * 86400 + 3 * 3600 + 4 * 60 + 5));
         assert_eq!(s("UNLIMITED"), None);
         assert_eq!(s("x"), None);
+        assert_eq!(s("99999999999999999999-00:00:00"), None);
+        assert_eq!(s("213503982334602-00:00:00"), None, "overflows u64 seconds");
+        assert_eq!(s("inf"), None);
+        assert_eq!(s("00:00.009"), Some(0));
     }
 
     #[test]
@@ -534,6 +534,7 @@ mod tests {
         let ctx = PathContext { unique_id: 9, array_job: 3, task: Some(3), name: "arr" };
         assert_eq!(ctx.expand("/l/%A_%a.out"), PathBuf::from("/l/3_3.out"));
         assert_eq!(ctx.expand("/l/%x-%j-%3a-%N-%%.out"), PathBuf::from("/l/arr-9-003-%N-%.out"));
+        assert_eq!(ctx.expand("%18446744073709551615a"), PathBuf::from("0000000003"), "padding capped at 10");
     }
 
     #[test]

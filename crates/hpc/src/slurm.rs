@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::{Backend, Submission, SubmittedPart, in_task_order, summarise};
+use crate::backend::{Backend, Submission, SubmittedPart, check_backend, in_task_order, summarise};
 use crate::job::{ArrayChunk, Dependency};
 use crate::parse::{self, SACCT_FIELDS};
 use crate::state::{JobRecord, JobRef, JobState};
@@ -132,21 +132,10 @@ impl SlurmBackend {
     /// Sends `signal` (such as `USR2`) to the batch shell of every job of the submission
     /// (`scancel --batch --signal`), which is how a preemption warning arrives.
     pub fn signal(&self, submission: &Submission, signal: &str) -> Result<()> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         let mut args = vec!["--batch".to_string(), format!("--signal={signal}")];
         args.extend(submission.job_ids().iter().map(u64::to_string));
         self.poller.cmds.run(Tool::Scancel, &args, None)?;
-        Ok(())
-    }
-
-    fn check(&self, submission: &Submission) -> Result<()> {
-        if submission.backend != self.name() {
-            return Err(Error::WrongBackend {
-                name: submission.name.clone(),
-                made_by: submission.backend.clone(),
-                this: self.name().into(),
-            });
-        }
         Ok(())
     }
 }
@@ -225,7 +214,7 @@ impl Backend for SlurmBackend {
     }
 
     fn status(&self, submission: &Submission) -> Result<Vec<JobRecord>> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         self.poller.watch(submission);
         let expected = submission.expected();
         let mut st = self.poller.lock();
@@ -256,7 +245,7 @@ impl Backend for SlurmBackend {
     }
 
     fn wait(&self, submission: &Submission, timeout: Option<Duration>) -> Result<Vec<JobRecord>> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         self.poller.watch(submission);
         let started = Instant::now();
         let expected = submission.expected();
@@ -311,7 +300,7 @@ impl Backend for SlurmBackend {
     }
 
     fn cancel(&self, submission: &Submission) -> Result<()> {
-        self.check(submission)?;
+        check_backend(self, submission)?;
         let args: Vec<String> = submission.job_ids().iter().map(u64::to_string).collect();
         self.poller.cmds.run(Tool::Scancel, &args, None)?;
         Ok(())

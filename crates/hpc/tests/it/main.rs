@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod corpus;
+mod fake_slurm;
 mod local;
 mod pipeline;
 mod scripts;
