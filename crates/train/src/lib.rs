@@ -59,6 +59,9 @@ mod package;
 mod trainer;
 pub mod tune;
 
+// Linked only for its `x86-v4` feature, which gives burn-flex's matrix products AVX-512 kernels.
+use gemm as _;
+
 pub use checkpoint::{CheckpointInfo, best_checkpoints, latest_checkpoint};
 pub use config::{
     CheckpointConfig, ClassWeights, EarlyStopping, GradClip, LrSchedule, Mode, Monitor, MonitorMetric, OptimizerConfig,
@@ -73,8 +76,8 @@ pub use eval::{
 };
 pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
 pub use package::{
-    Lineage, MANIFEST_FILE, Manifest, ModelPackage, PACKAGE_FORMAT_VERSION, PackageSpec, PrecisionReport, Prediction,
-    Predictor, compare_precision,
+    Lineage, MANIFEST_FILE, Manifest, ModelPackage, OLDEST_PACKAGE_FORMAT_VERSION, PACKAGE_FORMAT_VERSION, PackageSpec,
+    PrecisionReport, Prediction, Predictor, compare_precision,
 };
 pub use trainer::{
     Classifier, EXIT_INTERRUPTED, EpochReport, Examples, Hooks, InferencePrecision, StepReport, StopReason, Trained,

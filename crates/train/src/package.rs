@@ -4,7 +4,9 @@
 //! <dir>/kiln-package.json   manifest: format version, architecture, training config, input
 //!                           schema, label names, metrics, lineage, and the BLAKE3 of every
 //!                           other file
-//! <dir>/weights.mpk         burn named MessagePack record, full precision
+//! <dir>/weights.safetensors model weights, full precision, with PyTorch's parameter names and
+//!                           layouts (format 3; format 2 packages hold weights.mpk, burn's
+//!                           named MessagePack record, and still load)
 //! <dir>/pipeline.json       fitted kiln-data preprocessing (optional)
 //! <dir>/profile.json        reference profile of the training data, for drift (optional)
 //! <dir>/eval.json           the evaluation report (optional)
@@ -29,10 +31,14 @@ use crate::trainer::{Classifier, InferencePrecision, Trained, best_class};
 use crate::{Error, Result};
 
 /// The package format this version of kiln writes and reads.
-pub const PACKAGE_FORMAT_VERSION: u32 = 2;
+pub const PACKAGE_FORMAT_VERSION: u32 = 3;
+/// The oldest package format this version of kiln still reads.
+pub const OLDEST_PACKAGE_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a package directory.
 pub const MANIFEST_FILE: &str = "kiln-package.json";
-const WEIGHTS_FILE: &str = "weights.mpk";
+const WEIGHTS_FILE: &str = "weights.safetensors";
+/// Format 2's weights file: burn's named MessagePack record.
+const RECORD_WEIGHTS_FILE: &str = "weights.mpk";
 const PIPELINE_FILE: &str = "pipeline.json";
 const PROFILE_FILE: &str = "profile.json";
 const EVAL_FILE: &str = "eval.json";
@@ -131,10 +137,35 @@ pub struct PackageSpec {
 pub struct ModelPackage {
     /// The manifest.
     pub manifest: Manifest,
-    weights: Vec<u8>,
+    weights: Weights,
     pipeline: Option<FittedPipeline>,
     profile: Option<DatasetProfile>,
     eval: Option<EvalReport>,
+}
+
+/// Weights as they came: from the trainer (burn's record) or from a package file.
+#[derive(Debug, Clone, PartialEq)]
+enum Weights {
+    /// burn's named MessagePack record (the trainer's format, and format 2's file).
+    Record(Vec<u8>),
+    /// A safetensors file (format 3).
+    Safetensors(Vec<u8>),
+}
+
+impl Weights {
+    fn classifier(&self, config: &ModelConfig) -> Result<Classifier> {
+        match self {
+            Self::Record(bytes) => Classifier::from_weights(config.clone(), bytes),
+            Self::Safetensors(bytes) => Classifier::from_safetensors(config.clone(), bytes),
+        }
+    }
+
+    fn safetensors(&self, config: &ModelConfig) -> Result<Vec<u8>> {
+        match self {
+            Self::Record(_) => self.classifier(config)?.to_safetensors(),
+            Self::Safetensors(bytes) => Ok(bytes.clone()),
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -191,8 +222,13 @@ impl ModelPackage {
             lineage: spec.lineage,
             files: BTreeMap::new(),
         };
-        let package =
-            Self { manifest, weights: trained.weights.clone(), pipeline: spec.pipeline, profile: None, eval: None };
+        let package = Self {
+            manifest,
+            weights: Weights::Record(trained.weights.clone()),
+            pipeline: spec.pipeline,
+            profile: None,
+            eval: None,
+        };
         package.check_widths()?;
         Ok(package)
     }
@@ -244,7 +280,8 @@ impl ModelPackage {
     /// manifest with their hashes, so a directory with a manifest is complete.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-        let mut files: Vec<(&str, Vec<u8>)> = vec![(WEIGHTS_FILE, self.weights.clone())];
+        let weights = self.weights.safetensors(&self.manifest.model)?;
+        let mut files: Vec<(&str, Vec<u8>)> = vec![(WEIGHTS_FILE, weights)];
         let json = |what: &str, r: std::result::Result<String, kiln_data::Error>| {
             r.map(String::into_bytes).map_err(|e| Error::Package { path: dir.join(what), message: e.to_string() })
         };
@@ -260,6 +297,9 @@ impl ModelPackage {
             files.push((EVAL_FILE, bytes));
         }
         let mut manifest = self.manifest.clone();
+        // Whatever format it was read in, a package is written in the current one.
+        manifest.format_version = PACKAGE_FORMAT_VERSION;
+        manifest.files.clear();
         for (name, bytes) in &files {
             kiln_track::durable::write_atomic(&dir.join(name), bytes)?;
             manifest.files.insert((*name).to_string(), hash(bytes));
@@ -279,7 +319,8 @@ impl ModelPackage {
         let probe: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::Package { path: manifest_path.clone(), message: format!("not valid JSON: {e}") })?;
         let version = probe.get("format_version").and_then(serde_json::Value::as_u64);
-        if version != Some(u64::from(PACKAGE_FORMAT_VERSION)) {
+        let known = u64::from(OLDEST_PACKAGE_FORMAT_VERSION)..=u64::from(PACKAGE_FORMAT_VERSION);
+        if !version.is_some_and(|v| known.contains(&v)) {
             let hint = if version == Some(1) {
                 " (version 1 packages came from kiln before model configs; retrain or re-export it)"
             } else {
@@ -288,7 +329,7 @@ impl ModelPackage {
             return Err(Error::Package {
                 path: manifest_path,
                 message: format!(
-                    "package format version {version:?} is not supported (this kiln reads version {PACKAGE_FORMAT_VERSION}){hint}"
+                    "package format version {version:?} is not supported (this kiln reads versions {OLDEST_PACKAGE_FORMAT_VERSION} to {PACKAGE_FORMAT_VERSION}){hint}"
                 ),
             });
         }
@@ -310,9 +351,14 @@ impl ModelPackage {
         let text = |name: &str, bytes: Vec<u8>| {
             String::from_utf8(bytes).map_err(|e| Error::Package { path: dir.join(name), message: e.to_string() })
         };
-        let weights = read(WEIGHTS_FILE)?.ok_or_else(|| Error::Package {
+        let (weights_file, weights) = if manifest.format_version >= 3 {
+            (WEIGHTS_FILE, read(WEIGHTS_FILE)?.map(Weights::Safetensors))
+        } else {
+            (RECORD_WEIGHTS_FILE, read(RECORD_WEIGHTS_FILE)?.map(Weights::Record))
+        };
+        let weights = weights.ok_or_else(|| Error::Package {
             path: manifest_path.clone(),
-            message: format!("the manifest lists no {WEIGHTS_FILE}"),
+            message: format!("the manifest lists no {weights_file}"),
         })?;
         let pipeline = match read(PIPELINE_FILE)? {
             Some(b) => Some(FittedPipeline::from_json(&text(PIPELINE_FILE, b)?)?),
@@ -336,12 +382,20 @@ impl ModelPackage {
 
     /// Reads a package and builds a [`Predictor`].
     pub fn load(dir: &Path) -> Result<Predictor> {
-        Self::read(dir)?.into_predictor()
+        let package = Self::read(dir)?;
+        let weights = match package.weights {
+            Weights::Record(_) => RECORD_WEIGHTS_FILE,
+            Weights::Safetensors(_) => WEIGHTS_FILE,
+        };
+        package.into_predictor().map_err(|e| match e {
+            Error::Weights(message) => Error::Package { path: dir.join(weights), message },
+            e => e,
+        })
     }
 
     /// Builds a [`Predictor`] from this package.
     pub fn into_predictor(self) -> Result<Predictor> {
-        let classifier = Classifier::from_weights(self.manifest.model.clone(), &self.weights)?;
+        let classifier = self.weights.classifier(&self.manifest.model)?;
         let input_specs =
             self.manifest.features.iter().map(|f| self.manifest.input_schema.column(f).cloned()).collect();
         Ok(Predictor {

@@ -906,6 +906,51 @@ impl Classifier {
         Ok(Self { config, model, precision: InferencePrecision::F32 })
     }
 
+    /// Loads weights from a safetensors file's bytes, as [`Classifier::to_safetensors`] writes
+    /// them (PyTorch's names and layouts). Every parameter of `config` must be present with
+    /// its shape, and the file may hold nothing else.
+    pub fn from_safetensors(config: ModelConfig, bytes: &[u8]) -> Result<Self> {
+        use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+        config.validate()?;
+        let mut model = config.init_for_loading::<Flex>(&Default::default());
+        // burn-store 0.21's adapter renames batch norm's gamma/beta to PyTorch's weight/bias
+        // when saving but, with enum variants skipped, does not find them again when loading;
+        // kiln's only batch norms are the `norms` fields, so the names are mapped back here.
+        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
+            .with_from_adapter(PyTorchToBurnAdapter)
+            .skip_enum_variants(true)
+            .with_key_remapping(r"^(norms\.\d+)\.weight$", "$1.gamma")
+            .with_key_remapping(r"^(norms\.\d+)\.bias$", "$1.beta")
+            .allow_partial(true);
+        let applied = model.load_from(&mut store).map_err(|e| Error::Weights(format!("safetensors: {e}")))?;
+        let mut problems: Vec<String> = applied.errors.iter().map(ToString::to_string).collect();
+        problems.extend(applied.missing.iter().map(|(path, _)| format!("{path} is missing")));
+        problems.extend(applied.unused.iter().map(|path| format!("{path} is not a parameter of this model")));
+        if !problems.is_empty() {
+            return Err(Error::Weights(format!(
+                "safetensors weights do not fit the {} model: {}",
+                config.kind(),
+                problems.join("; ")
+            )));
+        }
+        Ok(Self { config, model, precision: InferencePrecision::F32 })
+    }
+
+    /// The weights as a safetensors file, with PyTorch's parameter names and layouts
+    /// (`hidden.0.weight` as `[outputs, inputs]`, batch norm's `weight`/`bias`), so
+    /// `safetensors.torch.load_file` and `load_state_dict` read them directly. Only
+    /// full-precision models can be written.
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+        if self.precision != InferencePrecision::F32 {
+            return Err(Error::Weights(format!("a {:?} model cannot be written as safetensors", self.precision)));
+        }
+        let mut store =
+            SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter).skip_enum_variants(true);
+        self.model.save_into(&mut store).map_err(|e| Error::Weights(format!("safetensors: {e}")))?;
+        store.get_bytes().map_err(|e| Error::Weights(format!("safetensors: {e}")))
+    }
+
     /// This model in `precision`. Weights quantized to int8 stay quantized: asking a
     /// quantized model for f32 is an error, because the discarded precision cannot come back
     /// (load the weights again instead).

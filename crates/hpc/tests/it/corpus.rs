@@ -2,7 +2,6 @@
 //! its README) and `tests/corpus/public` (copied from other projects' fixtures and issue
 //! threads; see its SOURCES.md).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_hpc::{
@@ -11,7 +10,7 @@ use kiln_hpc::{
 };
 
 fn corpus(path: &str) -> String {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/corpus").join(path);
+    let p = crate::crate_dir().join("tests/corpus").join(path);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 

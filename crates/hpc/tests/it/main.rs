@@ -37,6 +37,13 @@ impl Drop for TempDir {
     }
 }
 
+/// The crate's directory. Cargo sets `CARGO_MANIFEST_DIR` when it runs the tests; the
+/// compile-time value is only a fallback, since a test binary built in another checkout that
+/// shares the target directory keeps that checkout's path.
+pub fn crate_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
 /// Writes an executable shell script.
 pub fn write_script(path: &Path, body: &str) {
     std::fs::write(path, body).expect("write script");

@@ -1,7 +1,6 @@
 //! Batch scripts: golden files for the rendering, and the wrapper's signal handling run for
 //! real under bash with stand-ins for `squeue` and `scontrol`.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use kiln_hpc::{Dependency, JobSpec};
 use crate::{TempDir, write_script};
 
 fn golden(name: &str, actual: &str) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    let path = crate::crate_dir().join("tests/golden").join(name);
     if std::env::var_os("KILN_BLESS").is_some() {
         std::fs::write(&path, actual).expect("write golden file");
         return;

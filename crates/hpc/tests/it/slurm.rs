@@ -9,12 +9,19 @@ use kiln_hpc::{Backend, Dependency, JobSpec, JobState, SlurmBackend, SlurmConfig
 use crate::{TempDir, write_script};
 
 fn cluster() -> Option<SlurmBackend> {
+    // One probe per test binary, without retries: a controller that is down takes `scontrol`
+    // about 9 s to report, and the backend's five retries of that would be over a minute per
+    // test. The tests' own backends keep the retries.
+    static PROBE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let probe = PROBE.get_or_init(|| {
+        SlurmBackend::connect(SlurmConfig { retries: 0, ..SlurmConfig::default() }).map(drop).map_err(|e| e.to_string())
+    });
     let config = SlurmConfig {
         poll_interval: Duration::from_millis(500),
         max_poll_interval: Duration::from_secs(2),
         ..SlurmConfig::default()
     };
-    match SlurmBackend::connect(config) {
+    match probe.clone().and_then(|()| SlurmBackend::connect(config).map_err(|e| e.to_string())) {
         Ok(b) => Some(b),
         Err(e) if std::env::var("KILN_REQUIRE_SLURM").as_deref() == Ok("1") => {
             panic!("KILN_REQUIRE_SLURM=1 but no Slurm controller answers: {e} (run scripts/slurm-local.sh up)")

@@ -170,13 +170,13 @@ fn damaged_packages_are_refused() {
     let f = fixture();
     let dir = tempfile::tempdir().unwrap();
     package(f).save(dir.path()).unwrap();
-    let weights = dir.path().join("weights.mpk");
+    let weights = dir.path().join("weights.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xFF;
     std::fs::write(&weights, &bytes).unwrap();
     let err = ModelPackage::load(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("weights.mpk") && err.contains("checksum mismatch"), "{err}");
+    assert!(err.contains("weights.safetensors") && err.contains("checksum mismatch"), "{err}");
 
     package(f).save(dir.path()).unwrap();
     let manifest = dir.path().join(kiln_train::MANIFEST_FILE);
@@ -187,6 +187,85 @@ fn damaged_packages_are_refused() {
     std::fs::write(&manifest, text).unwrap();
     let err = ModelPackage::load(dir.path()).unwrap_err().to_string();
     assert!(err.contains("kiln-package.json") && err.contains("version Some(99) is not supported"), "{err}");
+}
+
+/// The weights file is plain safetensors in PyTorch's layout: read with the `safetensors`
+/// crate (not burn), the tensors have PyTorch's names and `[outputs, inputs]` shapes, and a
+/// forward pass computed from them by hand gives the package's probabilities.
+#[test]
+fn package_weights_are_safetensors_in_pytorch_layout() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    package(f).save(dir.path()).unwrap();
+    let bytes = std::fs::read(dir.path().join("weights.safetensors")).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    assert_eq!(names, ["hidden.0.bias", "hidden.0.weight", "output.bias", "output.weight"]);
+    let inputs = f.features.len();
+    let tensor = |name: &str| {
+        let t = file.tensor(name).unwrap();
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+        let values: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        (t.shape().to_vec(), values)
+    };
+    let (w0_shape, w0) = tensor("hidden.0.weight");
+    let (_, b0) = tensor("hidden.0.bias");
+    let (w1_shape, w1) = tensor("output.weight");
+    let (_, b1) = tensor("output.bias");
+    assert_eq!(w0_shape, [32, inputs]);
+    assert_eq!(w1_shape, [2, 32]);
+    let w0 = Array2::from_shape_vec((32, inputs), w0).unwrap();
+    let w1 = Array2::from_shape_vec((2, 32), w1).unwrap();
+
+    let raw = f.raw.select(Axis(0), &f.test_rows);
+    let mut x = raw.clone();
+    f.scaler.transform(&mut x).unwrap();
+    let x = x.mapv(|v| v as f32);
+    let hidden = (x.dot(&w0.t()) + ndarray::Array1::from(b0)).mapv(|v| v.max(0.0));
+    let logits = hidden.dot(&w1.t()) + ndarray::Array1::from(b1);
+    let from_package = ModelPackage::load(dir.path()).unwrap().predict(raw.view()).unwrap();
+    for (row, p) in logits.rows().into_iter().zip(&from_package) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f32> = row.iter().map(|v| (v - max).exp()).collect();
+        let sum: f32 = exp.iter().sum();
+        for (by_hand, packaged) in exp.iter().map(|e| e / sum).zip(&p.probabilities) {
+            assert!((by_hand - packaged).abs() < 1e-5, "{by_hand} vs {packaged}");
+        }
+    }
+
+    // Weights that do not fit the architecture are refused, naming the file and what is wrong.
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join(kiln_train::MANIFEST_FILE)).unwrap()).unwrap();
+    manifest["model"]["hidden"] = serde_json::json!([16]);
+    std::fs::write(dir.path().join(kiln_train::MANIFEST_FILE), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let err = ModelPackage::load(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("weights.safetensors") && err.contains("hidden.0.weight"), "{err}");
+}
+
+/// A format-2 package (weights as burn's MessagePack record), written by kiln before format 3,
+/// still loads and predicts the digits; saved again it becomes format 3 and predicts the same.
+#[test]
+fn format_2_packages_still_load_and_resave_as_format_3() {
+    let old = repo_file("crates/train/tests/fixtures/package-v2-digits");
+    let text = std::fs::read_to_string(old.join(kiln_train::MANIFEST_FILE)).unwrap();
+    assert!(text.contains("\"format_version\": 2") && old.join("weights.mpk").is_file());
+    let data = Dataset::load_csv(repo_file("data/digits.csv")).unwrap();
+    let features: Vec<String> = (0..8).flat_map(|r| (0..8).map(move |c| format!("pixel_{r}_{c}"))).collect();
+    let raw = data.to_matrix(&features).unwrap();
+    let truth = data.to_strings("label").unwrap();
+    let before = ModelPackage::load(&old).unwrap().predict(raw.view()).unwrap();
+    let correct = before.iter().zip(&truth).filter(|(p, t)| p.label == **t).count();
+    assert!(correct as f64 / truth.len() as f64 >= 0.9, "{correct} of {} right", truth.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    ModelPackage::read(&old).unwrap().save(dir.path()).unwrap();
+    assert!(dir.path().join("weights.safetensors").is_file() && !dir.path().join("weights.mpk").exists());
+    let resaved = ModelPackage::read(dir.path()).unwrap();
+    assert_eq!(resaved.manifest.format_version, kiln_train::PACKAGE_FORMAT_VERSION);
+    assert_eq!(resaved.manifest.files.keys().collect::<Vec<_>>(), ["weights.safetensors"]);
+    let after = resaved.into_predictor().unwrap().predict(raw.view()).unwrap();
+    assert_eq!(before, after);
 }
 
 #[test]
@@ -337,7 +416,7 @@ mod penguins {
         let f = fitted();
         let dir = tempfile::tempdir().unwrap();
         f.package.save(dir.path()).unwrap();
-        for file in ["kiln-package.json", "weights.mpk", "pipeline.json", "profile.json", "eval.json"] {
+        for file in ["kiln-package.json", "weights.safetensors", "pipeline.json", "profile.json", "eval.json"] {
             assert!(dir.path().join(file).is_file(), "{file}");
         }
         let read = ModelPackage::read(dir.path()).unwrap();

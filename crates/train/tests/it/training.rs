@@ -91,6 +91,23 @@ fn a_cnn_trains_on_digits_as_8x8_images() {
     let first = trained.history[0].train_loss;
     let last = trained.history.last().unwrap().train_loss;
     assert!(last < first / 3.0, "train loss {first} -> {last}");
+
+    // Through safetensors, batch norm's running statistics included, it predicts the same.
+    let classifier = trained.classifier().unwrap();
+    let bytes = classifier.to_safetensors().unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names = file.names();
+    for name in
+        ["convs.0.weight", "convs.1.bias", "norms.0.weight", "norms.1.running_var", "dense.0.weight", "output.bias"]
+    {
+        assert!(names.contains(&name), "{name} not in {names:?}");
+    }
+    assert_eq!(file.tensor("convs.1.weight").unwrap().shape(), [32, 16, 3, 3]);
+    assert_eq!(file.tensor("dense.0.weight").unwrap().shape(), [64, 32 * 2 * 2]);
+    let reloaded = kiln_train::Classifier::from_safetensors(model.clone(), &bytes).unwrap();
+    let (before, after) =
+        (classifier.predict_proba(d.test.x.view()).unwrap(), reloaded.predict_proba(d.test.x.view()).unwrap());
+    assert_eq!(before, after);
 }
 
 #[test]
