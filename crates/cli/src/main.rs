@@ -1,6 +1,9 @@
 //! The `kiln` command-line tool: inspect runs, query the store with SQL, list and serve models.
 
+mod data;
+
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -22,6 +25,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Validate, profile, hash or split a data file (no store needed).
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// List runs, oldest first.
     Runs {
         /// Only runs of this experiment.
@@ -99,21 +105,45 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        // The reader went away (`kiln data profile ... | head`): not an error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    if let Command::Push { url, spool } = &cli.command {
-        return push(url, spool);
+    let command = match cli.command {
+        Command::Data(command) => return data::run(command),
+        command => command,
+    };
+    if let Command::Push { url, spool } = &command {
+        push(url, spool)?;
+        return Ok(ExitCode::SUCCESS);
     }
     let store = match &cli.store {
         Some(p) => Store::open(p)?,
         None => Store::from_env()?,
     };
-    match cli.command {
+    match command {
+        Command::Data(command) => return data::run(command),
         // Pushed before the store is opened (a push needs no store); kept for completeness.
         Command::Push { url, spool } => push(&url, &spool)?,
         Command::TrackServer { addr, protect_reads, idle_timeout, max_body_mib } => {
@@ -251,7 +281,7 @@ fn main() -> Result<()> {
             server.shutdown()?;
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn push(url: &str, spool: &std::path::Path) -> Result<()> {

@@ -141,3 +141,146 @@ fn track_server_serves_remote_runs_and_push_sends_the_spool() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("without a token"), "{out:?}");
 }
+
+/// A file of the repository (cargo sets `CARGO_MANIFEST_DIR` when it runs the tests).
+fn repo_file(rel: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| env!("CARGO_MANIFEST_DIR").into()),
+    )
+    .join("../..")
+    .join(rel)
+}
+
+fn kiln_data(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln")).arg("data").args(args).output().expect("run kiln")
+}
+
+#[test]
+fn data_validate_reports_failures_by_line_with_exit_3_and_quarantines_them() {
+    let schema = repo_file("crates/data/tests/fixtures/penguins.schema.toml");
+    let schema = schema.to_str().unwrap();
+    let penguins = repo_file("data/penguins.csv");
+    let out = kiln_data(&["validate", penguins.to_str().unwrap(), "--schema", schema]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stdout(&out).contains("344 rows, all checks pass"), "{}", stdout(&out));
+
+    // Two bad rows: an unknown species on file line 4, a bill of 999 mm on line 9.
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(&penguins).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[3] = lines[3].replacen("Adelie", "Dodo", 1);
+    let fields: Vec<&str> = lines[8].split(',').collect();
+    lines[8] = [&fields[..2], &["999"], &fields[3..]].concat().join(",");
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, lines.join("\n") + "\n").unwrap();
+    let quarantine = dir.path().join("bad.parquet");
+    let out = kiln_data(&[
+        "validate",
+        bad.to_str().unwrap(),
+        "--schema",
+        schema,
+        "--json",
+        "--quarantine",
+        quarantine.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    assert_eq!(report["rows"], 344);
+    assert_eq!(report["bad_rows"], 2, "{report}");
+    assert_eq!(report["by_column"]["species"]["isin"], 1, "{report}");
+    assert_eq!(report["by_column"]["bill_length_mm"]["in_range"], 1, "{report}");
+    let first = &report["first_failures"];
+    let species = first.as_array().unwrap().iter().find(|f| f["column"] == "species").unwrap();
+    assert_eq!(
+        (species["row"].as_u64(), species["line"].as_u64(), species["found"].as_str()),
+        (Some(3), Some(4), Some("\"Dodo\""))
+    );
+    let bill = first.as_array().unwrap().iter().find(|f| f["column"] == "bill_length_mm").unwrap();
+    assert_eq!(bill["line"].as_u64(), Some(9), "{bill}");
+    assert!(bill["found"].as_str().unwrap().starts_with("999"), "{bill}");
+
+    // The quarantine is plain Parquet, read back by arrow-rs: the two rows, with the reasons.
+    use parquet::file::reader::FileReader;
+    let reader = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&quarantine).unwrap()).unwrap();
+    assert_eq!(reader.metadata().file_metadata().num_rows(), 2);
+    let names: Vec<String> =
+        reader.metadata().file_metadata().schema_descr().columns().iter().map(|c| c.name().to_string()).collect();
+    assert!(names.contains(&"_reasons".to_string()) && names.contains(&"species".to_string()), "{names:?}");
+
+    let out = kiln_data(&["validate", bad.to_str().unwrap(), "--schema", "missing.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"), "{out:?}");
+}
+
+#[test]
+fn data_profile_hash_and_split() {
+    let penguins = repo_file("data/penguins.csv");
+    let penguins = penguins.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    let profile_path = dir.path().join("profile.json");
+    let out = kiln_data(&["profile", penguins, "--out", profile_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.starts_with(&format!("{penguins}: 344 rows, 8 columns")), "{text}");
+    assert!(text.contains("Adelie (152)") && text.contains("2 missing"), "{text}");
+    let profile = kiln_data::DatasetProfile::from_json(&std::fs::read_to_string(&profile_path).unwrap()).unwrap();
+    let bill = profile.column("bill_length_mm").unwrap();
+    assert_eq!((bill.count, bill.missing), (342, 2));
+    assert!((bill.numeric.as_ref().unwrap().mean - 43.9219).abs() < 1e-3);
+
+    let out = kiln_data(&["hash", penguins, "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let hashed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = std::fs::read(penguins).unwrap();
+    assert_eq!(hashed["bytes"], bytes.len());
+    assert_eq!(hashed["files"], 1);
+    assert_eq!(hashed["blake3"].as_str().unwrap().len(), 64);
+
+    let parts = dir.path().join("parts");
+    let split = |seed: &str| {
+        let out = kiln_data(&[
+            "split",
+            penguins,
+            "--label",
+            "species",
+            "--seed",
+            seed,
+            "--out",
+            parts.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let read = |name: &str| std::fs::read(parts.join(format!("{name}.parquet"))).unwrap();
+        (doc, read("train"), read("val"), read("test"))
+    };
+    let (doc, train, val, test) = split("7");
+    let rows = |p: &str| doc["parts"][p]["rows"].as_u64().unwrap();
+    assert_eq!(rows("train") + rows("val") + rows("test"), 344);
+    assert!((rows("train") as f64 / 344.0 - 0.7).abs() < 0.02, "{doc}");
+    use parquet::file::reader::FileReader;
+    for (name, bytes) in [("train", &train), ("val", &val), ("test", &test)] {
+        assert!(!bytes.is_empty());
+        let file = std::fs::File::open(parts.join(format!("{name}.parquet"))).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows() as u64, rows(name), "{name}");
+    }
+    // The same seed gives the same parts.
+    let (_, train_again, _, _) = split("7");
+    assert_eq!(train, train_again);
+
+    let out = kiln_data(&[
+        "split",
+        penguins,
+        "--label",
+        "species",
+        "--fractions",
+        "0.5,0.5",
+        "--out",
+        parts.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("three shares"), "{out:?}");
+}
