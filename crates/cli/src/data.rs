@@ -1,7 +1,6 @@
 //! `kiln data`: validate, profile, hash and split data files from the shell.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,13 +8,6 @@ use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use kiln_data::{Dataset, DatasetProfile, ProfileOptions, ScanOptions, Schema, SplitFractions};
 use serde_json::json;
-
-/// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
-macro_rules! say {
-    ($($arg:tt)*) => {
-        writeln!(std::io::stdout().lock(), $($arg)*)?
-    };
-}
 
 /// The exit status of `kiln data validate` when the data fails a check (1 is an error, 2 a
 /// usage error).

@@ -1,12 +1,20 @@
 //! The `kiln` command-line tool: inspect runs, query the store with SQL, list and serve models.
 
+/// `println!` that returns an error instead of panicking when stdout is closed (`| head`);
+/// `main` ends quietly on that error.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 mod data;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use kiln_serve::{Deployment, LoadedModel, ServeOptions, ServerHandle, Trigger};
 use kiln_track::Store;
 use kiln_track::client::Client;
@@ -26,9 +34,20 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate, profile, hash or split a data file (no store needed).
+    ///
+    /// Example: kiln data validate data/penguins.csv --schema penguins.schema.toml
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Example: kiln completions bash > ~/.local/share/bash-completion/completions/kiln
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// List runs, oldest first.
+    ///
+    /// Example: kiln runs --experiment digits
     Runs {
         /// Only runs of this experiment.
         #[arg(long, short)]
@@ -36,13 +55,19 @@ enum Command {
     },
     /// Run a SQL query over the store's tables (runs, params, metrics, latest_metrics, tags,
     /// datasets, models, model_events).
+    ///
+    /// Example: kiln sql "SELECT run_id, value FROM latest_metrics WHERE key = 'test_accuracy' ORDER BY value DESC"
     Sql {
         /// The query.
         query: String,
     },
     /// Fold finished runs into the store's Parquet tables (queries get faster; nothing changes).
+    ///
+    /// Example: kiln --store /scratch/lab/kiln-store compact
     Compact,
     /// List registered models, or the versions of one.
+    ///
+    /// Example: kiln models digits-mlp
     Models {
         /// A model name.
         name: Option<String>,
@@ -79,6 +104,8 @@ enum Command {
     /// Serve the store's tracking API over HTTP (runs, metrics, artifacts, registry; remote
     /// logging for jobs on compute nodes) until interrupted. Writes need the bearer token in
     /// $KILN_TRACK_TOKEN when it is set; listening beyond 127.0.0.1 requires one.
+    ///
+    /// Example: KILN_TRACK_TOKEN=secret kiln track-server --addr 0.0.0.0:7474
     TrackServer {
         /// Address to listen on (port 0 picks a free port; the address is printed).
         #[arg(long, default_value = kiln_track::server::DEFAULT_ADDR)]
@@ -95,6 +122,8 @@ enum Command {
     },
     /// Push runs spooled while the tracking server was unreachable (token from
     /// $KILN_TRACK_TOKEN).
+    ///
+    /// Example: kiln push --url http://login1:7474 --spool kiln-spool
     Push {
         /// The tracking server.
         #[arg(long, env = kiln_track::client::URL_ENV)]
@@ -132,6 +161,10 @@ fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Data(command) => return data::run(command),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
         command => command,
     };
     if let Command::Push { url, spool } = &command {
@@ -144,6 +177,7 @@ fn run() -> Result<ExitCode> {
     };
     match command {
         Command::Data(command) => return data::run(command),
+        Command::Completions { .. } => {}
         // Pushed before the store is opened (a push needs no store); kept for completeness.
         Command::Push { url, spool } => push(&url, &spool)?,
         Command::TrackServer { addr, protect_reads, idle_timeout, max_body_mib } => {
@@ -161,7 +195,7 @@ fn run() -> Result<ExitCode> {
             })?;
         }
         Command::Runs { experiment } => {
-            println!("{:<20}  {:<16}  {:<9}  {:>9}  metrics", "run", "experiment", "status", "seconds");
+            say!("{:<20}  {:<16}  {:<9}  {:>9}  metrics", "run", "experiment", "status", "seconds");
             for run in store.runs(experiment.as_deref())? {
                 let seconds = run
                     .state
@@ -169,7 +203,7 @@ fn run() -> Result<ExitCode> {
                     .map(|end| format!("{:.1}", (end - run.meta.start_ms) as f64 / 1000.0))
                     .unwrap_or_default();
                 let metrics: Vec<String> = run.final_metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
-                println!(
+                say!(
                     "{:<20}  {:<16}  {:<9}  {:>9}  {}",
                     run.meta.run_id,
                     run.meta.experiment,
@@ -181,7 +215,7 @@ fn run() -> Result<ExitCode> {
         }
         Command::Compact => {
             let report = store.compact()?;
-            println!(
+            say!(
                 "compacted {} run(s), {} metric point(s) into {} batch(es) in {:.2}s; removed {} leftover file(s)",
                 report.runs,
                 report.points,
@@ -191,7 +225,7 @@ fn run() -> Result<ExitCode> {
             );
         }
         Command::Sql { query } => {
-            println!("{}", store.sql(&query)?);
+            say!("{}", store.sql(&query)?);
         }
         Command::Models { name: None } => {
             let registry = store.registry();
@@ -199,7 +233,7 @@ fn run() -> Result<ExitCode> {
                 let versions = registry.versions(&model)?;
                 let aliases: Vec<String> =
                     registry.aliases(&model)?.into_iter().map(|(a, v)| format!("{a}=v{v}")).collect();
-                println!("{model}  {} version(s)  {}", versions.len(), aliases.join(" "));
+                say!("{model}  {} version(s)  {}", versions.len(), aliases.join(" "));
             }
         }
         Command::Models { name: Some(model) } => {
@@ -209,7 +243,7 @@ fn run() -> Result<ExitCode> {
                 let names: Vec<&str> =
                     aliases.iter().filter(|(_, n)| **n == v.version).map(|(a, _)| a.as_str()).collect();
                 let metrics: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
-                println!(
+                say!(
                     "v{}  run {}  {}  {}",
                     v.version,
                     v.lineage.run_id.as_deref().unwrap_or("-"),
@@ -268,7 +302,7 @@ fn run() -> Result<ExitCode> {
             options.monitor.trigger = trigger
                 .map(|command| Trigger { command: vec!["sh".into(), "-c".into(), command], ..Trigger::default() });
             let server = ServerHandle::start_with(&addr, deployments, options)?;
-            println!("serving on {} (Ctrl-C to stop)", server.url());
+            say!("serving on {} (Ctrl-C to stop)", server.url());
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build();
@@ -290,7 +324,7 @@ fn push(url: &str, spool: &std::path::Path) -> Result<()> {
         client = client.with_token(&token);
     }
     let report = client.sync_spool()?;
-    println!(
+    say!(
         "pushed {} run(s), {} metric value(s), {} artifact file(s) to {url}; {} pushed before, {} still running",
         report.runs_pushed,
         report.points_pushed,

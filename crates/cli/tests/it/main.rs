@@ -284,3 +284,52 @@ fn data_profile_hash_and_split() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("three shares"), "{out:?}");
 }
+
+/// Every subcommand's `--help` shows an example, and the completion scripts know them all.
+#[test]
+fn every_subcommand_has_an_example_and_completions_know_it() {
+    let help = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(args).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        stdout(&out)
+    };
+    let top = help(&[]);
+    let commands = ["data", "completions", "runs", "sql", "compact", "models", "serve", "track-server", "push"];
+    for command in commands {
+        assert!(top.contains(&format!("  {command} ")), "`kiln --help` lists {command}:\n{top}");
+        let text = help(&[command]);
+        let example = text.lines().find(|l| l.starts_with("Example: "));
+        assert!(
+            example.is_some_and(|l| l.contains(&format!("kiln {command}")) || l.contains("kiln --store")),
+            "`kiln {command} --help` has no example:\n{text}"
+        );
+    }
+    for command in ["validate", "profile", "hash", "split"] {
+        let text = help(&["data", command]);
+        assert!(text.contains("Example: kiln data "), "`kiln data {command} --help` has no example:\n{text}");
+    }
+    for (shell, marker) in [("bash", "_kiln()"), ("zsh", "#compdef kiln"), ("fish", "complete -c kiln")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let script = stdout(&out);
+        assert!(script.contains(marker) && script.contains("validate") && script.contains("track-server"), "{shell}");
+    }
+}
+
+/// A reader that stops early (`kiln data profile ... | head`) ends the command quietly.
+#[test]
+fn a_closed_stdout_ends_quietly() {
+    use std::io::Read;
+    let digits = repo_file("data/digits.csv");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["data", "profile", digits.to_str().unwrap(), "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 16];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then the pipe is closed
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+}
