@@ -195,7 +195,6 @@ def validate(path):
     if cases is not None:
         for row in cases.iter_rows(named=True):
             name = "not_null" if row["check"] == "not_nullable" else row["check"].split("(")[0]
-            name = {"in_range": "in_range", "isin": "isin", "str_length": "str_length"}.get(name, name)
             by_check[name] = by_check.get(name, 0) + 1
             if row["index"] is not None:
                 bad_rows.add(row["index"])

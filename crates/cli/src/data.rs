@@ -13,6 +13,7 @@ use serde_json::json;
 /// usage error).
 pub const EXIT_INVALID: u8 = 3;
 
+/// The `kiln data` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DataCommand {
     /// Check a data file (CSV, Parquet, Arrow IPC, NDJSON) against a schema file (TOML or JSON)
@@ -96,6 +97,7 @@ fn load(path: &Path) -> Result<Dataset> {
     Ok(Dataset::from_frame(frame, path.display().to_string())?)
 }
 
+/// Runs one `kiln data` subcommand; the exit code says whether the data passed.
 pub fn run(command: DataCommand) -> Result<ExitCode> {
     match command {
         DataCommand::Validate { file, schema, quarantine, json } => {
@@ -151,7 +153,7 @@ fn profile(file: &Path, out: Option<&Path>, json: bool) -> Result<ExitCode> {
     let data = load(file)?;
     let profile = DatasetProfile::of(data.frame(), &ProfileOptions::default())?;
     if let Some(path) = out {
-        std::fs::write(path, profile.to_json()?).with_context(|| format!("writing {}", path.display()))?;
+        kiln_track::durable::write_atomic(path, profile.to_json()?.as_bytes())?;
     }
     if json {
         say!("{}", profile.to_json()?);
