@@ -88,7 +88,7 @@ pub enum DataCommand {
 
 /// Reads a data file: CSV through `Dataset::load_csv` (so failures name file lines), any
 /// other format through kiln-data's scanner.
-fn load(path: &Path) -> Result<Dataset> {
+pub fn load(path: &Path) -> Result<Dataset> {
     let is_csv = path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("csv"));
     if is_csv {
         return Ok(Dataset::load_csv(path)?);

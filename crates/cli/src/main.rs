@@ -9,6 +9,15 @@ macro_rules! say {
 }
 
 mod data;
+mod flow;
+mod load;
+mod plot;
+mod registry;
+mod runs;
+mod slurm;
+mod store_cmd;
+mod train;
+mod util;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,33 +54,43 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
-    /// List runs, oldest first.
+    /// Train a model from a TOML config: load, validate, split, preprocess, train, evaluate,
+    /// package and (gate permitting) register, all in one tracked run. Any config value can be
+    /// overridden with --set KEY.PATH=VALUE or KILN_TRAIN__KEY__PATH=VALUE.
     ///
-    /// Example: kiln runs --experiment digits
-    Runs {
-        /// Only runs of this experiment.
-        #[arg(long, short)]
-        experiment: Option<String>,
-    },
+    /// Example: kiln train --config examples/configs/penguins.toml --set train.epochs=10
+    Train(train::TrainArgs),
+    /// List, inspect, compare and plot runs (with no subcommand: `kiln runs ls`).
+    ///
+    /// Example: kiln runs ls --experiment digits --sort test_accuracy
+    Runs(runs::RunsArgs),
     /// Run a SQL query over the store's tables (runs, params, metrics, latest_metrics, tags,
-    /// datasets, models, model_events).
+    /// datasets, models, model_events, predictions, feedback).
     ///
-    /// Example: kiln sql "SELECT run_id, value FROM latest_metrics WHERE key = 'test_accuracy' ORDER BY value DESC"
-    Sql {
-        /// The query.
-        query: String,
-    },
-    /// Fold finished runs into the store's Parquet tables (queries get faster; nothing changes).
+    /// Example: kiln query "SELECT run_id, value FROM latest_metrics WHERE key = 'test_accuracy' ORDER BY value DESC"
+    #[command(alias = "sql")]
+    Query(runs::QueryArgs),
+    /// Registered models: versions, aliases, gated promotion, rollback, history.
     ///
-    /// Example: kiln --store /scratch/lab/kiln-store compact
-    Compact,
-    /// List registered models, or the versions of one.
+    /// Example: kiln registry promote digits-mlp 3 --require test_accuracy=0.95
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
+    /// Submit, watch and cancel Slurm jobs; run a `kiln train` sweep as a job array.
     ///
-    /// Example: kiln models digits-mlp
-    Models {
-        /// A model name.
-        name: Option<String>,
-    },
+    /// Example: kiln slurm sweep --config sweep.toml --workers 8 --time 1h
+    #[command(subcommand)]
+    Slurm(slurm::SlurmCommand),
+    /// Run a cached pipeline of stages from a TOML file (on Slurm or here), or see which
+    /// stages would run.
+    ///
+    /// Example: kiln flow run retrain.flow.toml --backend local
+    #[command(subcommand)]
+    Flow(flow::FlowCommand),
+    /// Maintain the store: compact into Parquet, sync to another store, collect garbage.
+    ///
+    /// Example: kiln store gc --dry-run
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// Serve registered models over KServe v2 HTTP until interrupted, logging predictions and
     /// feedback to the store. The admin API (/admin/...) is on when $KILN_SERVE_TOKEN is set.
     ///
@@ -101,6 +120,10 @@ enum Command {
         #[arg(long)]
         trigger: Option<String>,
     },
+    /// Measure a served model's latency and throughput, with a data file's rows as requests.
+    ///
+    /// Example: kiln load-test --model penguins-mlp --data data/penguins.csv --clients 16 --requests 5000
+    LoadTest(load::LoadArgs),
     /// Serve the store's tracking API over HTTP (runs, metrics, artifacts, registry; remote
     /// logging for jobs on compute nodes) until interrupted. Writes need the bearer token in
     /// $KILN_TRACK_TOKEN when it is set; listening beyond 127.0.0.1 requires one.
@@ -119,6 +142,16 @@ enum Command {
         /// The largest request body (log batch or artifact upload), in MiB.
         #[arg(long, default_value_t = 256)]
         max_body_mib: usize,
+    },
+    /// The web UI over the store: runs table, run pages with charts, comparisons (overlaid
+    /// curves, parallel coordinates), the registry and a serving monitor, at http://ADDR/.
+    /// It is the tracking server, so remote jobs can log to it too.
+    ///
+    /// Example: kiln ui --addr 127.0.0.1:7474 (then ssh -L 7474:127.0.0.1:7474 login1 from a laptop)
+    Ui {
+        /// Address to listen on (port 0 picks a free port; the URL is printed).
+        #[arg(long, default_value = kiln_track::server::DEFAULT_ADDR)]
+        addr: String,
     },
     /// Push runs spooled while the tracking server was unreachable (token from
     /// $KILN_TRACK_TOKEN).
@@ -161,6 +194,9 @@ fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     let command = match cli.command {
         Command::Data(command) => return data::run(command),
+        Command::Train(args) => return train::run(cli.store.as_deref(), args),
+        Command::Flow(command) => return flow::run(command),
+        Command::LoadTest(args) => return load::run(args),
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "kiln", &mut std::io::stdout());
             return Ok(ExitCode::SUCCESS);
@@ -177,9 +213,20 @@ fn run() -> Result<ExitCode> {
     };
     match command {
         Command::Data(command) => return data::run(command),
+        Command::Train(args) => return train::run(cli.store.as_deref(), args),
+        Command::Flow(command) => return flow::run(command),
+        Command::LoadTest(args) => return load::run(args),
         Command::Completions { .. } => {}
         // Pushed before the store is opened (a push needs no store); kept for completeness.
         Command::Push { url, spool } => push(&url, &spool)?,
+        Command::Ui { addr } => {
+            let token = std::env::var(kiln_track::api::TOKEN_ENV).ok().filter(|t| !t.is_empty());
+            let config = ServerConfig { addr, token, ..ServerConfig::default() };
+            let root = store.root().display().to_string();
+            kiln_track::server::serve_until_signal(store, config, |addr| {
+                println!("kiln UI for {root} on http://{addr}/ (Ctrl-C to stop)");
+            })?;
+        }
         Command::TrackServer { addr, protect_reads, idle_timeout, max_body_mib } => {
             let token = std::env::var(kiln_track::api::TOKEN_ENV).ok().filter(|t| !t.is_empty());
             let config = ServerConfig {
@@ -194,64 +241,11 @@ fn run() -> Result<ExitCode> {
                 println!("tracking server for {root} on http://{addr} (Ctrl-C to stop)");
             })?;
         }
-        Command::Runs { experiment } => {
-            say!("{:<20}  {:<16}  {:<9}  {:>9}  metrics", "run", "experiment", "status", "seconds");
-            for run in store.runs(experiment.as_deref())? {
-                let seconds = run
-                    .state
-                    .end_ms
-                    .map(|end| format!("{:.1}", (end - run.meta.start_ms) as f64 / 1000.0))
-                    .unwrap_or_default();
-                let metrics: Vec<String> = run.final_metrics.iter().map(|(k, v)| format!("{k}={v:.4}")).collect();
-                say!(
-                    "{:<20}  {:<16}  {:<9}  {:>9}  {}",
-                    run.meta.run_id,
-                    run.meta.experiment,
-                    run.status().as_str(),
-                    seconds,
-                    metrics.join(" ")
-                );
-            }
-        }
-        Command::Compact => {
-            let report = store.compact()?;
-            say!(
-                "compacted {} run(s), {} metric point(s) into {} batch(es) in {:.2}s; removed {} leftover file(s)",
-                report.runs,
-                report.points,
-                report.batches.len(),
-                report.seconds,
-                report.removed_uncommitted
-            );
-        }
-        Command::Sql { query } => {
-            say!("{}", store.sql(&query)?);
-        }
-        Command::Models { name: None } => {
-            let registry = store.registry();
-            for model in registry.models()? {
-                let versions = registry.versions(&model)?;
-                let aliases: Vec<String> =
-                    registry.aliases(&model)?.into_iter().map(|(a, v)| format!("{a}=v{v}")).collect();
-                say!("{model}  {} version(s)  {}", versions.len(), aliases.join(" "));
-            }
-        }
-        Command::Models { name: Some(model) } => {
-            let registry = store.registry();
-            let aliases = registry.aliases(&model)?;
-            for v in registry.versions(&model)? {
-                let names: Vec<&str> =
-                    aliases.iter().filter(|(_, n)| **n == v.version).map(|(a, _)| a.as_str()).collect();
-                let metrics: Vec<String> = v.metrics.iter().map(|(k, x)| format!("{k}={x:.4}")).collect();
-                say!(
-                    "v{}  run {}  {}  {}",
-                    v.version,
-                    v.lineage.run_id.as_deref().unwrap_or("-"),
-                    metrics.join(" "),
-                    names.join(",")
-                );
-            }
-        }
+        Command::Runs(args) => return runs::run(&store, args),
+        Command::Query(args) => return runs::query(&store, args),
+        Command::Registry(command) => return registry::run(&store, command),
+        Command::Store(command) => return store_cmd::run(&store, command),
+        Command::Slurm(command) => return slurm::run(&store, command),
         Command::Serve { models, addr, canary, shadow, log_sample, drift_window, trigger } => {
             let parse = |spec: &str, flag: &str| -> Result<(String, String)> {
                 let (name, reference) = spec.split_once('@').unwrap_or((spec, "production"));

@@ -268,8 +268,9 @@ pub enum Remainder {
     Passthrough,
 }
 
-/// An unfitted pipeline.
+/// An unfitted pipeline. Every field may be left out of a config file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Pipeline {
     /// The steps, in output order.
     pub steps: Vec<Step>,

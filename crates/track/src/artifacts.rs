@@ -100,7 +100,7 @@ impl Objects {
             }
             let digest = hasher.finalize().to_hex().to_string();
             let path = self.path(&digest)?;
-            if path.exists() {
+            if path.exists() && refresh(&path) {
                 return Ok((digest, size));
             }
             output.sync_all().at(&tmp)?;
@@ -118,7 +118,7 @@ impl Objects {
     pub fn put_bytes(&self, name: &str, bytes: &[u8]) -> Result<Artifact> {
         let digest = blake3::hash(bytes).to_hex().to_string();
         let path = self.path(&digest)?;
-        if !path.exists() {
+        if !(path.exists() && refresh(&path)) {
             fsutil::write_atomic(&path, bytes)?;
         }
         let size = bytes.len() as u64;
@@ -199,6 +199,35 @@ impl Objects {
         }
         Ok(())
     }
+}
+
+/// Marks a reused object as fresh, so [`Store::gc`](crate::Store::gc) leaves it alone until
+/// the manifest that refers to it again is written. `false` when the caller must store the
+/// object again: it is gone (a collection removed it just now), it was moved away while being
+/// refreshed (a collection may be about to remove it), or its time could not be set (another
+/// user's object on a shared store; storing it again replaces it with a fresh one).
+pub(crate) fn refresh(path: &Path) -> bool {
+    let Ok(file) = File::options().append(true).open(path) else { return false };
+    if file.set_modified(std::time::SystemTime::now()).is_err() {
+        return false;
+    }
+    // A collection renames a candidate aside before its last age check; if this handle's file
+    // is no longer the one at `path`, that check may not have seen the new time.
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(open), Ok(now)) => same_file(&open, &now),
+        _ => false,
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
 }
 
 /// Checks an artifact name or inner path: relative, `/`-separated, no `..`, no empty parts.

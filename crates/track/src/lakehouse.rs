@@ -748,7 +748,7 @@ fn scan_args() -> ScanArgsParquet {
     ScanArgsParquet { glob: false, hive_options: HiveOptions::new_disabled(), ..Default::default() }
 }
 
-fn scan_files(files: Vec<PathBuf>) -> Result<LazyFrame> {
+pub(crate) fn scan_files(files: Vec<PathBuf>) -> Result<LazyFrame> {
     let paths = files
         .iter()
         .map(|p| polars::prelude::PlRefPath::try_from_path(p).map_err(|e| Error::Sql(format!("{}: {e}", p.display()))))

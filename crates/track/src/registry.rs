@@ -268,7 +268,8 @@ impl Registry {
             tag,
         };
         let name = format!(
-            "{at_ms:013}-{}-{}-{}.json",
+            // Zero-padded so that events of one process sort by the counter within a ms.
+            "{at_ms:013}-{}-{}-{:020}.json",
             crate::env::hostname(),
             std::process::id(),
             STAGING_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)

@@ -12,10 +12,16 @@
 //! | GET | `/api/runs/{id}/artifacts` | the artifact manifest |
 //! | GET | `/api/runs/{id}/artifacts/{name}[/{file}]` | artifact content (a file inside a directory artifact) |
 //! | GET | `/api/models`, `/api/models/{name}` | the registry: versions, aliases, history |
+//! | GET | `/`, `/api/ui/...` | the web UI (see below) |
 //! | POST | `/api/runs` | create a run ([`CreateRun`]; idempotent by run id) |
 //! | POST | `/api/runs/{id}/log` | params, tags, inputs and metrics in one batch ([`LogBatch`]), durable before the answer |
 //! | PUT | `/api/runs/{id}/artifacts/{name}` | upload a file artifact (the body) |
 //! | POST | `/api/runs/{id}/end` | end a run ([`EndRun`]) |
+//!
+//! **Web UI.** `/` serves a single-page UI embedded in the binary: the runs table (sorted,
+//! filtered and paginated on the server), run pages with metric charts, overlaid curves and
+//! parallel coordinates for comparing runs, the registry, and a serving monitor. It makes no
+//! request beyond this server.
 //!
 //! **Access.** The server listens on 127.0.0.1 unless told otherwise, and refuses to listen on
 //! any other address without a bearer token. With a token, every write needs
@@ -59,6 +65,8 @@ use crate::fsutil::now_ms;
 use crate::run::{EnvSource, RunMeta, final_values, read_meta_and_status, read_raw_points, read_record};
 use crate::store::{is_run_id, new_run_id};
 use crate::{ArtifactKind, Error, MetricPoint, Result, Run, RunStatus, Store};
+
+mod ui;
 
 /// The address the server listens on by default (loopback only).
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7474";
@@ -108,6 +116,8 @@ struct AppState {
     idle_timeout: Duration,
     max_body_bytes: usize,
     open: Mutex<HashMap<String, SlotRef>>,
+    /// The web UI's runs table.
+    ui_index: Mutex<ui::Index>,
 }
 
 impl Drop for AppState {
@@ -137,6 +147,7 @@ fn state(store: Store, config: &ServerConfig) -> Arc<AppState> {
         idle_timeout: config.idle_timeout,
         max_body_bytes: config.max_body_bytes,
         open: Mutex::new(HashMap::new()),
+        ui_index: Mutex::new(ui::Index::new()),
     })
 }
 
@@ -154,6 +165,12 @@ fn router_with_state(state: Arc<AppState>) -> Router {
         .route("/api/runs/{id}/artifacts/{*name}", get(get_artifact).put(put_artifact))
         .route("/api/models", get(list_models))
         .route("/api/models/{name}", get(model_detail))
+        .route("/", get(ui::index))
+        .route("/ui/app.js", get(ui::app_js))
+        .route("/ui/app.css", get(ui::app_css))
+        .route("/api/ui/runs", get(ui::runs))
+        .route("/api/ui/compare", get(ui::compare))
+        .route("/api/ui/serving/{model}", get(ui::serving_monitor))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authorize))

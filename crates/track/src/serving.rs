@@ -121,6 +121,30 @@ impl Store {
         Ok(written)
     }
 
+    /// The serving tables of one model that have any rows, as Polars frames (`predictions`,
+    /// `feedback`).
+    pub(crate) fn serving_frames(
+        &self,
+        model: &str,
+    ) -> Result<std::collections::HashMap<&'static str, polars::prelude::LazyFrame>> {
+        check_name("model name", model)?;
+        let mut out = std::collections::HashMap::new();
+        for table in SERVING_TABLES {
+            let mut parts = fsutil::entries_or_empty(&self.serving_dir().join(model).join(table))?;
+            parts.sort_by_key(std::fs::DirEntry::file_name);
+            let files: Vec<PathBuf> = parts
+                .into_iter()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+                .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+                .collect();
+            if !files.is_empty() {
+                out.insert(table, crate::lakehouse::scan_files(files)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The committed Parquet files of a serving table (`predictions` or `feedback`), of every
     /// model, oldest part first within a model.
     pub fn serving_files(&self, table: &str) -> Result<Vec<PathBuf>> {

@@ -122,7 +122,7 @@ impl Store {
             for f in &artifact.files {
                 let src = self.objects().path(&f.digest)?;
                 let dst = dest.objects().path(&f.digest)?;
-                if !dst.exists() {
+                if !(dst.exists() && crate::artifacts::refresh(&dst)) {
                     copy_object(&src, &dst)?;
                     report.objects_copied += 1;
                 }

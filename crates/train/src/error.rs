@@ -152,4 +152,12 @@ pub enum Error {
         /// What differs.
         message: String,
     },
+    /// A plot could not be drawn or written.
+    #[error("{}: {message}", path.display())]
+    Plot {
+        /// The image file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }

@@ -219,10 +219,29 @@ pub fn roc_auc_ovr(truth: &[usize], probabilities: ArrayView2<'_, f64>) -> Resul
     Ok(RocAuc { per_class, macro_auc, weighted_auc })
 }
 
-/// Expected calibration error: rows binned by confidence (their top probability) into `bins`
-/// equal-width bins over [0, 1]; the size-weighted mean gap between each bin's accuracy and
-/// its mean confidence.
-pub fn expected_calibration_error(truth: &[usize], probabilities: ArrayView2<'_, f64>, bins: usize) -> Result<f64> {
+/// One confidence bin of a reliability diagram: rows whose top probability falls in
+/// `(lower, upper]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationBin {
+    /// The bin's lower edge (exclusive, except 0 for the first bin).
+    pub lower: f64,
+    /// The bin's upper edge (inclusive).
+    pub upper: f64,
+    /// Rows in the bin.
+    pub count: usize,
+    /// Fraction of them predicted correctly (0 for an empty bin).
+    pub accuracy: f64,
+    /// Their mean top probability (0 for an empty bin).
+    pub confidence: f64,
+}
+
+/// Rows binned by confidence (their top probability) into `bins` equal-width bins over
+/// [0, 1], with each bin's accuracy and mean confidence: a reliability diagram.
+pub fn calibration_bins(
+    truth: &[usize],
+    probabilities: ArrayView2<'_, f64>,
+    bins: usize,
+) -> Result<Vec<CalibrationBin>> {
     check_probabilities(truth, probabilities)?;
     if bins == 0 {
         return Err(Error::Shape("calibration needs at least one bin".into()));
@@ -240,14 +259,32 @@ pub fn expected_calibration_error(truth: &[usize], probabilities: ArrayView2<'_,
         correct[bin] += usize::from(best == t);
         confidence[bin] += p;
     }
-    let n = truth.len() as f64;
     Ok((0..bins)
-        .filter(|b| count[*b] > 0)
         .map(|b| {
-            let c = count[b] as f64;
-            (c / n) * (correct[b] as f64 / c - confidence[b] / c).abs()
+            let n = count[b].max(1) as f64;
+            CalibrationBin {
+                lower: b as f64 / bins as f64,
+                upper: (b + 1) as f64 / bins as f64,
+                count: count[b],
+                accuracy: correct[b] as f64 / n,
+                confidence: confidence[b] / n,
+            }
         })
-        .sum())
+        .collect())
+}
+
+/// Expected calibration error: the size-weighted mean gap between each confidence bin's
+/// accuracy and its mean confidence ([`calibration_bins`]).
+pub fn expected_calibration_error(truth: &[usize], probabilities: ArrayView2<'_, f64>, bins: usize) -> Result<f64> {
+    Ok(ece_of(&calibration_bins(truth, probabilities, bins)?))
+}
+
+fn ece_of(bins: &[CalibrationBin]) -> f64 {
+    let n: usize = bins.iter().map(|b| b.count).sum();
+    bins.iter()
+        .filter(|b| b.count > 0)
+        .map(|b| (b.count as f64 / n.max(1) as f64) * (b.accuracy - b.confidence).abs())
+        .sum()
 }
 
 /// Metrics of the rows sharing one value of a slicing column.
@@ -281,6 +318,10 @@ pub struct EvalReport {
     /// Named failure-mode checks (`Predictor::failure_checks`).
     #[serde(default)]
     pub checks: Vec<FailureCheck>,
+    /// The 15 confidence bins behind [`EvalReport::ece`] (a reliability diagram); empty in
+    /// reports written before they were kept.
+    #[serde(default)]
+    pub calibration: Vec<CalibrationBin>,
 }
 
 /// The outcome of one named failure-mode check (`Predictor::failure_checks`).
@@ -307,13 +348,15 @@ impl EvalReport {
             )));
         }
         let predicted = argmax(probabilities);
+        let calibration = calibration_bins(truth, probabilities, 15)?;
         Ok(Self {
             classification: ClassificationReport::compute(truth, &predicted, labels)?,
             log_loss: log_loss(truth, probabilities)?,
             roc_auc: roc_auc_ovr(truth, probabilities)?,
-            ece: expected_calibration_error(truth, probabilities, 15)?,
+            ece: ece_of(&calibration),
             slices: Vec::new(),
             checks: Vec::new(),
+            calibration,
         })
     }
 

@@ -56,6 +56,7 @@ mod error;
 mod eval;
 mod model;
 mod package;
+pub mod plot;
 mod trainer;
 pub mod tune;
 
@@ -71,8 +72,8 @@ pub use config::{
 pub use device::{Device, DeviceSpec, probe_cuda};
 pub use error::{Error, Result};
 pub use eval::{
-    ClassMetrics, ClassificationReport, EvalReport, FailureCheck, GateDecision, Promotion, PromotionGate, RocAuc,
-    SliceReport, expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
+    CalibrationBin, ClassMetrics, ClassificationReport, EvalReport, FailureCheck, GateDecision, Promotion,
+    PromotionGate, RocAuc, SliceReport, calibration_bins, expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
 };
 pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
 pub use package::{

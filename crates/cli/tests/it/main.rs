@@ -2,6 +2,11 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod commands;
+mod jobs;
+mod train;
+mod ui;
+
 use std::process::{Command, Output};
 
 use kiln_track::{RegisterOptions, Store};
@@ -42,7 +47,7 @@ fn runs_sql_and_models_read_the_store() {
     let text = stdout(&out);
     assert!(text.contains(&id) && text.contains("0.875"), "{text}");
 
-    let out = kiln(&store_dir, &["compact"]);
+    let out = kiln(&store_dir, &["store", "compact"]);
     assert!(out.status.success());
     assert!(stdout(&out).starts_with("compacted 1 run(s), 1 metric point(s) into 1 batch(es)"), "{}", stdout(&out));
     assert_eq!(store.table_files("runs").unwrap().len(), 1);
@@ -50,10 +55,11 @@ fn runs_sql_and_models_read_the_store() {
     let text = stdout(&out);
     assert!(text.contains(&id) && text.contains("0.875"), "the same answer from the compacted table: {text}");
 
-    let text = stdout(&kiln(&store_dir, &["models"]));
-    assert!(text.contains("m  1 version(s)  production=v1"), "{text}");
-    let text = stdout(&kiln(&store_dir, &["models", "m"]));
-    assert!(text.starts_with("v1  run ") && text.contains("production"), "{text}");
+    let text = stdout(&kiln(&store_dir, &["registry", "ls"]));
+    assert!(text.lines().nth(1).is_some_and(|l| l.starts_with("m ") && l.ends_with("production=v1")), "{text}");
+    let text = stdout(&kiln(&store_dir, &["registry", "ls", "m"]));
+    let line = text.lines().nth(1).unwrap();
+    assert!(line.starts_with("v1 ") && line.contains(&id) && line.contains("production"), "{text}");
 }
 
 #[test]
@@ -294,7 +300,22 @@ fn every_subcommand_has_an_example_and_completions_know_it() {
         stdout(&out)
     };
     let top = help(&[]);
-    let commands = ["data", "completions", "runs", "sql", "compact", "models", "serve", "track-server", "push"];
+    let commands = [
+        "data",
+        "train",
+        "runs",
+        "query",
+        "registry",
+        "slurm",
+        "flow",
+        "store",
+        "load-test",
+        "serve",
+        "track-server",
+        "ui",
+        "push",
+        "completions",
+    ];
     for command in commands {
         assert!(top.contains(&format!("  {command} ")), "`kiln --help` lists {command}:\n{top}");
         let text = help(&[command]);
@@ -304,9 +325,25 @@ fn every_subcommand_has_an_example_and_completions_know_it() {
             "`kiln {command} --help` has no example:\n{text}"
         );
     }
-    for command in ["validate", "profile", "hash", "split"] {
-        let text = help(&["data", command]);
-        assert!(text.contains("Example: kiln data "), "`kiln data {command} --help` has no example:\n{text}");
+    let nested: [(&str, &[&str]); 6] = [
+        ("data", &["validate", "profile", "hash", "split"]),
+        ("runs", &["ls", "show", "compare", "plot"]),
+        ("registry", &["ls", "promote", "alias", "rollback", "history"]),
+        ("slurm", &["submit", "status", "cancel", "sweep"]),
+        ("flow", &["run", "status"]),
+        ("store", &["compact", "sync", "gc"]),
+    ];
+    for (group, subcommands) in nested {
+        for command in subcommands {
+            let text = help(&[group, command]);
+            let example = text.lines().find(|l| l.starts_with("Example: "));
+            assert!(
+                example.is_some_and(
+                    |l| l.contains(&format!("kiln {group} {command}")) || l.contains(&format!("{group} {command}"))
+                ),
+                "`kiln {group} {command} --help` has no example:\n{text}"
+            );
+        }
     }
     for (shell, marker) in [("bash", "_kiln()"), ("zsh", "#compdef kiln"), ("fish", "complete -c kiln")] {
         let out = Command::new(env!("CARGO_BIN_EXE_kiln")).args(["completions", shell]).output().unwrap();
@@ -332,4 +369,42 @@ fn a_closed_stdout_ends_quietly() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
+}
+
+/// Every `kiln ...` line in the shell blocks of docs/cli.md, docs/ui.md, docs/getting-started.md
+/// and the README parses:
+/// the subcommands and flags exist and their values are valid (each runs with `--help` added
+/// before any `--`, under `sh` for quoting and environment assignments).
+#[test]
+fn the_commands_in_the_docs_parse() {
+    let bin = env!("CARGO_BIN_EXE_kiln");
+    let mut checked = 0;
+    for doc in ["docs/cli.md", "docs/ui.md", "docs/getting-started.md", "README.md"] {
+        let text = std::fs::read_to_string(repo_file(doc)).unwrap();
+        let mut in_sh = false;
+        for line in text.lines() {
+            if line.starts_with("```") {
+                in_sh = line.trim() == "```sh";
+                continue;
+            }
+            let code = line.split(" #").next().unwrap().trim();
+            let Some(at) = code.find("target/release/kiln ").or_else(|| code.find("kiln ")).filter(|_| in_sh) else {
+                continue;
+            };
+            let (env, rest) = code.split_at(at);
+            if !env.trim().split_whitespace().all(|w| w.contains('=')) || rest.starts_with("kiln-") {
+                continue;
+            }
+            let rest = rest.trim_start_matches("target/release/");
+            let args = &rest["kiln".len()..];
+            let args = match args.find(" -- ") {
+                Some(i) => format!("{} --help{}", &args[..i], &args[i..]),
+                None => format!("{args} --help"),
+            };
+            let out = Command::new("sh").arg("-c").arg(format!("{env}'{bin}'{args}")).output().unwrap();
+            assert!(out.status.success(), "{doc}: `{code}` does not parse: {}", String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 40, "only {checked} commands found");
 }

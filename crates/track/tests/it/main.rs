@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+mod gc;
 mod registry;
 mod runs;
 #[cfg(all(feature = "server", feature = "client"))]

@@ -1,4 +1,4 @@
-//! Run with: cargo run --release --example tune_digits
+//! Run with: cargo run --release --example sweep_local
 //!
 //! Hyperparameter search for the digits MLP: TPE over the learning rate, width, depth, dropout
 //! and optimiser, with the median pruner stopping poor trainings after their early epochs.

@@ -1,0 +1,91 @@
+//! Plot helpers for `kiln runs plot`.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use kiln_track::Store;
+use kiln_train::EvalReport;
+use kiln_train::plot::{Series, calibration_curve, confusion_matrix, line_chart};
+
+/// Curves of `metrics` (default: every metric of the first run logged at more than one step)
+/// for each run, by step.
+pub fn run_series(store: &Store, runs: &[String], metrics: &[String]) -> Result<Vec<Series>> {
+    let mut points = Vec::new();
+    for id in runs {
+        points.push((id, store.metrics(id)?));
+    }
+    let metrics: Vec<String> = if metrics.is_empty() {
+        let first = &points[0].1;
+        let mut keys: Vec<String> = first.iter().map(|p| p.key.clone()).collect();
+        keys.sort();
+        keys.dedup();
+        keys.retain(|k| first.iter().filter(|p| &p.key == k).count() > 1);
+        if keys.is_empty() {
+            bail!("run {} logged no metric at more than one step; name one with --metric", points[0].0);
+        }
+        keys
+    } else {
+        metrics.to_vec()
+    };
+    let mut series = Vec::new();
+    for (id, logged) in &points {
+        for metric in &metrics {
+            let mut curve: Vec<(f64, f64)> =
+                logged.iter().filter(|p| &p.key == metric).map(|p| (p.step as f64, p.value)).collect();
+            if curve.is_empty() {
+                eprintln!("run {id} has no metric {metric:?}; left out");
+                continue;
+            }
+            curve.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let label = match (runs.len(), metrics.len()) {
+                (1, _) => metric.clone(),
+                (_, 1) => id.to_string(),
+                _ => format!("{id} {metric}"),
+            };
+            series.push(Series::new(label, curve));
+        }
+    }
+    if series.is_empty() {
+        bail!("none of the runs has the metric(s) {}", metrics.join(", "));
+    }
+    Ok(series)
+}
+
+/// Draws metric curves.
+pub fn curves(series: &[Series], out: &Path, log_y: bool) -> Result<()> {
+    let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+    let title = if labels.len() <= 3 { labels.join(", ") } else { format!("{} curves", labels.len()) };
+    Ok(line_chart(series, &title, "step", "value", log_y, out)?)
+}
+
+/// Reads a run's evaluation report artifact.
+pub fn eval_report(store: &Store, run: &str, artifact: &str) -> Result<EvalReport> {
+    let record = store.run(run)?;
+    let a = record.artifacts.get(artifact).with_context(|| {
+        let names: Vec<&String> = record.artifacts.keys().collect();
+        format!("run {run} has no artifact {artifact:?} (it has {names:?}); name the evaluation report with --artifact")
+    })?;
+    let file = a.files.first().with_context(|| format!("artifact {artifact:?} of run {run} is empty"))?;
+    let path = store.object_path(&file.digest)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_slice(&bytes)
+        .with_context(|| format!("artifact {artifact:?} of run {run} is not a kiln evaluation report"))
+}
+
+/// Draws a run's confusion matrix or reliability diagram from its evaluation report.
+pub fn evaluation(report: &EvalReport, kind: &str, run: &str, out: &Path) -> Result<()> {
+    match kind {
+        "confusion" => {
+            let labels: Vec<String> = report.classification.classes.iter().map(|c| c.label.clone()).collect();
+            confusion_matrix(&report.classification.confusion, &labels, &format!("confusion matrix, run {run}"), out)?
+        }
+        "calibration" => {
+            if report.calibration.is_empty() {
+                bail!("the evaluation report of run {run} predates calibration bins; evaluate again to plot it");
+            }
+            calibration_curve(&report.calibration, &format!("reliability, run {run} (ECE {:.4})", report.ece), out)?
+        }
+        other => bail!("unknown plot kind {other:?}"),
+    }
+    Ok(())
+}
