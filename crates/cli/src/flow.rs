@@ -67,57 +67,94 @@ pub enum FlowCommand {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FlowFile {
+    /// The flow's name (its default state directory).
     name: String,
     /// Where stage records go, relative to the file (default `.kiln-flow/<name>`).
     #[serde(default)]
     state_dir: Option<PathBuf>,
+    /// The stages, in any order (`after` orders them).
     #[serde(rename = "stage")]
     stages: Vec<StageFile>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum CommandLine {
-    Shell(String),
-    Argv(Vec<String>),
-}
-
+/// One `[[stage]]` of a flow file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StageFile {
+    /// The stage's name, unique in the flow.
     name: String,
-    command: CommandLine,
+    /// A shell line (run with `sh -c`) or an argv array.
+    command: toml::Value,
+    /// Files or directories the stage reads, relative to the flow file; their content is part
+    /// of the cache key.
     #[serde(default)]
     inputs: Vec<PathBuf>,
+    /// Files or directories the stage writes; the stage runs again if they change or vanish.
     #[serde(default)]
     outputs: Vec<PathBuf>,
+    /// Stages this one runs after (and whose results are part of its cache key).
     #[serde(default)]
     after: Vec<String>,
+    /// Values that are part of the cache key without being files.
     #[serde(default)]
     params: BTreeMap<String, toml::Value>,
+    /// A version string for the code the command runs (a change reruns the stage).
     #[serde(default)]
     code_version: Option<String>,
+    /// How often a failed stage is tried again (5 s apart).
     #[serde(default)]
     retries: u32,
+    /// CPUs per task.
     #[serde(default)]
     cpus: Option<u32>,
+    /// Memory, as Slurm writes it (`4G`, `500M`).
     #[serde(default)]
     mem: Option<String>,
+    /// GPUs.
     #[serde(default)]
     gpus: Option<u32>,
+    /// The time limit (`30m`, `2h`, `1-00:00:00`).
     #[serde(default)]
     time: Option<String>,
+    /// The Slurm partition.
     #[serde(default)]
     partition: Option<String>,
+    /// The Slurm account.
     #[serde(default)]
     account: Option<String>,
+    /// Environment variables for the command.
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// Shell lines run before the command (`module load cuda`).
     #[serde(default)]
     setup: Vec<String>,
 }
 
-fn load(file: &Path) -> Result<Pipeline> {
+/// A stage's command as an argv: a string runs with `sh -c`.
+fn argv(command: &toml::Value) -> std::result::Result<Vec<String>, String> {
+    const EXPECTED: &str = "expected a shell line (a string) or an argv (an array of strings)";
+    match command {
+        toml::Value::String(line) => Ok(vec!["sh".to_string(), "-c".to_string(), line.clone()]),
+        toml::Value::Array(items) => {
+            let argv = items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    other => Err(format!("command[{i}] is a {}; {EXPECTED}", other.type_str())),
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            if argv.is_empty() {
+                return Err("the command is empty".to_string());
+            }
+            Ok(argv)
+        }
+        other => Err(format!("command is a {}; {EXPECTED}", other.type_str())),
+    }
+}
+
+/// The flow in `file` and its state directory.
+fn load(file: &Path) -> Result<(Pipeline, PathBuf)> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading the flow {}", file.display()))?;
     let flow: FlowFile =
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
@@ -130,11 +167,7 @@ fn load(file: &Path) -> Result<Pipeline> {
         if let Some(missing) = s.after.iter().find(|a| !names.contains(&a.as_str())) {
             bail!(at(&format!("runs after {missing:?}, which is not a stage of this flow")));
         }
-        let command = match &s.command {
-            CommandLine::Shell(line) => vec!["sh".to_string(), "-c".to_string(), line.clone()],
-            CommandLine::Argv(argv) if argv.is_empty() => bail!(at("the command is empty")),
-            CommandLine::Argv(argv) => argv.clone(),
-        };
+        let command = argv(&s.command).map_err(|e| anyhow::anyhow!(at(&e)))?;
         let mut spec = JobSpec::builder(&s.name, command).workdir(&base);
         if let Some(c) = s.cpus {
             spec = spec.cpus(c);
@@ -182,16 +215,15 @@ fn load(file: &Path) -> Result<Pipeline> {
         }
         pipeline = pipeline.stage(stage);
     }
-    Ok(pipeline)
+    Ok((pipeline, state_dir))
 }
 
 /// Runs one `kiln flow` subcommand.
 pub fn run(command: FlowCommand) -> Result<ExitCode> {
     match command {
         FlowCommand::Run { file, backend, json } => {
-            let pipeline = load(&file)?;
-            let logs = file.parent().unwrap_or(Path::new(".")).join(".kiln-flow").join("local-logs");
-            let backend = crate::slurm::backend(&backend, &logs)?;
+            let (pipeline, state_dir) = load(&file)?;
+            let backend = crate::slurm::backend(&backend, &state_dir.join("logs"))?;
             let report = pipeline.run(backend.as_ref())?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&report)?);
@@ -201,7 +233,7 @@ pub fn run(command: FlowCommand) -> Result<ExitCode> {
             Ok(if report.success() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_STAGE) })
         }
         FlowCommand::Status { file, json } => {
-            let report = load(&file)?.status()?;
+            let report = load(&file)?.0.status()?;
             if json {
                 say!("{}", serde_json::to_string_pretty(&report)?);
             } else {

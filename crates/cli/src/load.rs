@@ -36,9 +36,9 @@ pub struct LoadArgs {
     /// wait).
     #[arg(long)]
     rate: Option<f64>,
-    /// Connections for --rate.
-    #[arg(long, default_value_t = 32)]
-    workers: usize,
+    /// Connections for --rate (default 32).
+    #[arg(long, requires = "rate")]
+    workers: Option<usize>,
     /// Requests to measure.
     #[arg(long, short = 'n', default_value_t = 2000)]
     requests: usize,
@@ -58,13 +58,11 @@ fn cell(v: &AnyValue<'_>, text: bool) -> Option<Value> {
         AnyValue::String(s) => Some(if text { json!(s) } else { json!(s.parse::<f64>().ok()?) }),
         AnyValue::StringOwned(s) => Some(if text { json!(s.as_str()) } else { json!(s.parse::<f64>().ok()?) }),
         AnyValue::Boolean(b) => Some(if text { json!(b.to_string()) } else { json!(f64::from(u8::from(*b))) }),
+        // A text input takes any cell as its text (dates, categories, numbers).
+        other if text => Some(json!(other.to_string())),
         other => {
             let x = other.extract::<f64>()?;
-            Some(match (text, x.is_finite()) {
-                (true, _) => json!(other.to_string()),
-                (false, true) => json!(x),
-                (false, false) => Value::Null,
-            })
+            Some(if x.is_finite() { json!(x) } else { Value::Null })
         }
     }
 }
@@ -109,6 +107,12 @@ fn bodies_from(frame: &DataFrame, inputs: &[(String, bool)], combined: bool) -> 
 
 /// Runs `kiln load-test`.
 pub fn run(args: LoadArgs) -> Result<ExitCode> {
+    if args.requests == 0 {
+        bail!("--requests must be at least 1");
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of requests per second");
+    }
     let base = args.url.trim_end_matches('/').to_string();
     let (bodies, skipped) = if let Some(path) = &args.data {
         let meta: Value = Client::new(&base)
@@ -147,7 +151,7 @@ pub fn run(args: LoadArgs) -> Result<ExitCode> {
         bail!("no requests to send: every row was left out");
     }
     let mode = match args.rate {
-        Some(rate) => LoadMode::Open { rate, workers: args.workers },
+        Some(rate) => LoadMode::Open { rate, workers: args.workers.unwrap_or(32) },
         None => LoadMode::Closed { concurrency: args.clients },
     };
     let spec = LoadSpec {

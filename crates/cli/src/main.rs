@@ -79,7 +79,7 @@ enum Command {
     ///
     /// Example: kiln slurm sweep --config sweep.toml --workers 8 --time 1h
     #[command(subcommand)]
-    Slurm(slurm::SlurmCommand),
+    Slurm(Box<slurm::SlurmCommand>),
     /// Run a cached pipeline of stages from a TOML file (on Slurm or here), or see which
     /// stages would run.
     ///
@@ -245,7 +245,7 @@ fn run() -> Result<ExitCode> {
         Command::Query(args) => return runs::query(&store, args),
         Command::Registry(command) => return registry::run(&store, command),
         Command::Store(command) => return store_cmd::run(&store, command),
-        Command::Slurm(command) => return slurm::run(&store, command),
+        Command::Slurm(command) => return slurm::run(&store, *command),
         Command::Serve { models, addr, canary, shadow, log_sample, drift_window, trigger } => {
             let parse = |spec: &str, flag: &str| -> Result<(String, String)> {
                 let (name, reference) = spec.split_once('@').unwrap_or((spec, "production"));

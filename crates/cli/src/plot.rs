@@ -14,14 +14,14 @@ pub fn run_series(store: &Store, runs: &[String], metrics: &[String]) -> Result<
     for id in runs {
         points.push((id, store.metrics(id)?));
     }
+    let Some((first_id, first)) = points.first() else { bail!("name at least one run") };
     let metrics: Vec<String> = if metrics.is_empty() {
-        let first = &points[0].1;
         let mut keys: Vec<String> = first.iter().map(|p| p.key.clone()).collect();
         keys.sort();
         keys.dedup();
         keys.retain(|k| first.iter().filter(|p| &p.key == k).count() > 1);
         if keys.is_empty() {
-            bail!("run {} logged no metric at more than one step; name one with --metric", points[0].0);
+            bail!("run {first_id} logged no metric at more than one step; name one with --metric");
         }
         keys
     } else {
@@ -58,18 +58,31 @@ pub fn curves(series: &[Series], out: &Path, log_y: bool) -> Result<()> {
     Ok(line_chart(series, &title, "step", "value", log_y, out)?)
 }
 
-/// Reads a run's evaluation report artifact.
+/// Reads a run's evaluation report artifact: `artifact` itself, or, for the default name, the
+/// one artifact whose name ends in it (`test_eval_report.json`); in a directory artifact (a
+/// model package), its `eval.json`.
 pub fn eval_report(store: &Store, run: &str, artifact: &str) -> Result<EvalReport> {
     let record = store.run(run)?;
-    let a = record.artifacts.get(artifact).with_context(|| {
+    let found = record.artifacts.get_key_value(artifact).or_else(|| {
+        let mut like = record.artifacts.iter().filter(|(name, _)| name.ends_with(artifact));
+        match (like.next(), like.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
+    });
+    let (name, a) = found.with_context(|| {
         let names: Vec<&String> = record.artifacts.keys().collect();
         format!("run {run} has no artifact {artifact:?} (it has {names:?}); name the evaluation report with --artifact")
     })?;
-    let file = a.files.first().with_context(|| format!("artifact {artifact:?} of run {run} is empty"))?;
+    let file = a
+        .files
+        .iter()
+        .find(|f| f.path.is_empty() || f.path == "eval.json")
+        .with_context(|| format!("artifact {name:?} of run {run} holds no evaluation report (no eval.json)"))?;
     let path = store.object_path(&file.digest)?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_slice(&bytes)
-        .with_context(|| format!("artifact {artifact:?} of run {run} is not a kiln evaluation report"))
+        .with_context(|| format!("artifact {name:?} of run {run} is not a kiln evaluation report"))
 }
 
 /// Draws a run's confusion matrix or reliability diagram from its evaluation report.

@@ -157,7 +157,6 @@ pub fn run(store: &Store, args: RunsArgs) -> Result<ExitCode> {
     }
 }
 
-
 fn duration_s(run: &RunRecord) -> Option<f64> {
     run.state.end_ms.map(|end| (end - run.meta.start_ms) as f64 / 1000.0)
 }
@@ -223,8 +222,6 @@ fn run_summary(run: &RunRecord) -> Value {
         "metrics": run.final_metrics.iter().map(|(k, v)| (k.clone(), finite_json(*v))).collect::<BTreeMap<_, _>>(),
     })
 }
-
-/// JSON has no NaN or infinity: those become strings.
 
 /// Per metric: steps logged, last (at the highest step), min, max, non-finite count.
 fn metric_summary(points: &[MetricPoint]) -> BTreeMap<String, (usize, f64, f64, f64, usize)> {

@@ -436,6 +436,9 @@ fn sweep(
     let recipe = crate::train::recipe(&table, &config)?;
     let section = recipe.sweep.as_ref().with_context(|| format!("{}: no [sweep] section", config.display()))?;
     let study_config = section.study_config(&recipe.experiment);
+    let space = kiln_train::tune::SearchSpace { params: section.params.clone() };
+    space.validate().with_context(|| format!("{}: [sweep] params", config.display()))?;
+    study_config.validate().with_context(|| format!("{}: [sweep] sampler or pruner", config.display()))?;
     let total = trials.unwrap_or(section.trials);
     let dir = std::path::absolute(match dir {
         Some(d) => d,
@@ -447,110 +450,142 @@ fn sweep(
     })?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let journal = dir.join("study.jsonl");
+    // Created here, so a bad journal path or a study of another name fails before anything
+    // is submitted.
+    kiln_train::tune::Study::open_or_create(&journal, section.study_config(&recipe.experiment))
+        .with_context(|| format!("opening the study journal {}", journal.display()))?;
     // The sweep's own run: its config, where the study is, and the job; the trials are its
     // children.
     let mut parent = store.run_builder(&recipe.experiment).name(&format!("{} (sweep)", study_config.name)).start()?;
-    parent.set_tag("kiln.sweep", &study_config.name)?;
-    parent.log_params(&json!({"sweep": {"study": journal.display().to_string(), "workers": workers,
-        "trials": total, "config": config.display().to_string()}}))?;
-    parent.log_artifact_bytes("train_config.toml", toml::to_string_pretty(&table).unwrap_or_default().as_bytes())?;
-    let exe = std::env::current_exe().context("finding the kiln executable")?;
-    let command: Vec<String> = vec![
-        exe.display().to_string(),
-        "--store".into(),
-        std::path::absolute(store.root())?.display().to_string(),
-        "train".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--study".into(),
-        journal.display().to_string(),
-        "--trials".into(),
-        total.to_string(),
-        "--parent-run".into(),
-        parent.id().to_string(),
-    ];
-    let mut job = job.clone();
-    job.array = Some(match &job.array {
-        Some(a) if a.contains('%') => format!("0-{}%{}", workers - 1, a.rsplit('%').next().unwrap_or("1")),
-        _ => format!("0-{}", workers - 1),
-    });
-    let mut builder = job.spec(&study_config.name, &command)?;
-    if job.output.is_none() {
-        builder = builder.stdout(dir.join("worker-%A_%a.out").display().to_string());
-    }
-    let spec = builder.build()?;
-    let backend = backend(&job.backend, &dir.join("logs"))?;
-    let local = backend.name() == "local";
-    let submission = backend.submit(&spec)?;
-    if !local {
-        record(store, &submission)?;
-    }
-    parent
-        .set_tag("kiln.sweep.jobs", &submission.job_ids().iter().map(u64::to_string).collect::<Vec<_>>().join(","))?;
     let parent_id = parent.id().to_string();
-    if !json {
-        say!("submitted {submission}: {workers} worker(s), {total} trial(s); study {}", journal.display());
-        say!("sweep run {parent_id} in experiment {}", recipe.experiment);
-    }
-    if !(wait || local) {
-        // The run records the submission; the trials report to the journal and their own runs.
-        parent.finish()?;
+    // Any error from here on is recorded on the sweep's run before it is returned.
+    let outcome = (|| -> Result<(ExitCode, Option<&'static str>)> {
+        parent.set_tag("kiln.sweep", &study_config.name)?;
+        parent.log_params(&json!({"sweep": {"study": journal.display().to_string(), "workers": workers,
+        "trials": total, "config": config.display().to_string()}}))?;
+        parent
+            .log_artifact_bytes("train_config.toml", toml::to_string_pretty(&table).unwrap_or_default().as_bytes())?;
+        let exe = std::env::current_exe().context("finding the kiln executable")?;
+        let command: Vec<String> = vec![
+            exe.display().to_string(),
+            "--store".into(),
+            std::path::absolute(store.root())?.display().to_string(),
+            "train".into(),
+            "--config".into(),
+            config.display().to_string(),
+            "--study".into(),
+            journal.display().to_string(),
+            "--trials".into(),
+            total.to_string(),
+            "--parent-run".into(),
+            parent_id.clone(),
+        ];
+        let mut job = job.clone();
+        job.array = Some(match &job.array {
+            Some(a) if a.contains('%') => format!("0-{}%{}", workers - 1, a.rsplit('%').next().unwrap_or("1")),
+            _ => format!("0-{}", workers - 1),
+        });
+        let mut builder = job.spec(&study_config.name, &command)?;
+        if job.output.is_none() {
+            builder = builder.stdout(dir.join("worker-%A_%a.out").display().to_string());
+        }
+        let spec = builder.build()?;
+        let backend = backend(&job.backend, &dir.join("logs"))?;
+        let local = backend.name() == "local";
+        let submission = backend.submit(&spec)?;
+        if !local {
+            record(store, &submission)?;
+        }
+        parent.set_tag(
+            "kiln.sweep.jobs",
+            &submission.job_ids().iter().map(u64::to_string).collect::<Vec<_>>().join(","),
+        )?;
+        if !json {
+            say!("submitted {submission}: {workers} worker(s), {total} trial(s); study {}", journal.display());
+            say!("sweep run {parent_id} in experiment {}", recipe.experiment);
+        }
+        if !(wait || local) {
+            // The run records the submission; the trials report to the journal and their own runs.
+            if json {
+                say!(
+                    "{}",
+                    json!({"submission": submission, "sweep_run": parent_id, "study": journal.display().to_string()})
+                );
+            } else {
+                if let Some(id) = submission.job_ids().first() {
+                    say!("watch it with: kiln slurm status {id}");
+                }
+            }
+            return Ok((ExitCode::SUCCESS, None));
+        }
+        let records = backend.wait(&submission, None)?;
+        let mut done = if journal.exists() {
+            kiln_train::tune::Study::open(&journal)?.trials()?
+        } else {
+            eprintln!("no worker created the study journal {}", journal.display());
+            Vec::new()
+        };
+        // A pruned trial's value is its last intermediate one, not an objective value.
+        done.retain(|t| t.state == kiln_train::tune::TrialState::Complete && t.value.is_some_and(f64::is_finite));
+        let maximize = matches!(study_config.direction, kiln_train::tune::Direction::Maximize);
+        done.sort_by(|a, b| {
+            let (x, y) = (a.value.unwrap_or(f64::NAN), b.value.unwrap_or(f64::NAN));
+            if maximize { y.total_cmp(&x) } else { x.total_cmp(&y) }
+        });
+        if let Some(best) = done.first() {
+            parent.log_metric("best_value", 0, best.value.unwrap_or(f64::NAN))?;
+            parent.set_tag("kiln.sweep.best_trial", &best.number.to_string())?;
+        }
+        let ok = all_succeeded(&records) && !done.is_empty();
+        let failure = match (ok, done.is_empty()) {
+            (true, _) => None,
+            (false, true) => Some("no trial completed"),
+            (false, false) => Some("some sweep workers did not complete"),
+        };
         if json {
+            let top: Vec<_> = done
+                .iter()
+                .take(5)
+                .map(
+                    |t| json!({"number": t.number, "value": t.value.map(crate::util::finite_json), "params": t.params}),
+                )
+                .collect();
             say!(
                 "{}",
-                json!({"submission": submission, "sweep_run": parent_id, "study": journal.display().to_string()})
+                json!({"submission": submission, "sweep_run": parent_id, "study": journal.display().to_string(),
+                "records": records_json(&records), "trials": done.len(), "best": top})
             );
         } else {
-            if let Some(id) = submission.job_ids().first() {
-                say!("watch it with: kiln slurm status {id}");
+            print_records(&records)?;
+            say!("{} trial(s) with a value; best first:", done.len());
+            for t in done.iter().take(5) {
+                say!(
+                    "  trial {:>3}  {:.4}  {}",
+                    t.number,
+                    t.value.unwrap_or(f64::NAN),
+                    crate::util::params_text(&t.params)
+                );
             }
+            say!("compare them with: kiln runs compare --experiment {}", recipe.experiment);
         }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let records = backend.wait(&submission, None)?;
-    let mut done = if journal.exists() {
-        kiln_train::tune::Study::open(&journal)?.trials()?
-    } else {
-        eprintln!("no worker created the study journal {}", journal.display());
-        Vec::new()
-    };
-    // A pruned trial's value is its last intermediate one, not an objective value.
-    done.retain(|t| t.state == kiln_train::tune::TrialState::Complete && t.value.is_some_and(f64::is_finite));
-    let maximize = matches!(study_config.direction, kiln_train::tune::Direction::Maximize);
-    done.sort_by(|a, b| {
-        let (x, y) = (a.value.unwrap_or(f64::NAN), b.value.unwrap_or(f64::NAN));
-        if maximize { y.total_cmp(&x) } else { x.total_cmp(&y) }
-    });
-    if let Some(best) = done.first() {
-        parent.log_metric("best_value", 0, best.value.unwrap_or(f64::NAN))?;
-        parent.set_tag("kiln.sweep.best_trial", &best.number.to_string())?;
-    }
-    let ok = all_succeeded(&records) && !done.is_empty();
-    if ok {
-        parent.finish()?;
-    } else {
-        parent.fail(if done.is_empty() { "no trial completed" } else { "some sweep workers did not complete" })?;
-    }
-    if json {
-        let top: Vec<_> = done
-            .iter()
-            .take(5)
-            .map(|t| json!({"number": t.number, "value": t.value.map(crate::util::finite_json), "params": t.params}))
-            .collect();
-        say!(
-            "{}",
-            json!({"submission": submission, "sweep_run": parent_id, "study": journal.display().to_string(),
-                "records": records_json(&records), "trials": done.len(), "best": top})
-        );
-    } else {
-        print_records(&records)?;
-        say!("{} trial(s) with a value; best first:", done.len());
-        for t in done.iter().take(5) {
-            say!("  trial {:>3}  {:.4}  {}", t.number, t.value.unwrap_or(f64::NAN), crate::util::params_text(&t.params));
+        Ok((if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) }, failure))
+    })();
+    match outcome {
+        Ok((code, None)) => {
+            parent.finish()?;
+            Ok(code)
         }
-        say!("compare them with: kiln runs compare --experiment {}", recipe.experiment);
+        Ok((code, Some(why))) => {
+            parent.fail(why)?;
+            Ok(code)
+        }
+        Err(e) => {
+            if let Err(fail) = parent.fail(&format!("{e:#}")) {
+                eprintln!("could not record the failure in the sweep's run: {fail}");
+            }
+            Err(e)
+        }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_JOB_FAILED) })
 }
 
 fn kiln_track_now_ms() -> i64 {

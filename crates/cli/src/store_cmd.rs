@@ -64,7 +64,9 @@ pub enum StoreCommand {
 pub fn run(store: &Store, command: StoreCommand) -> Result<ExitCode> {
     match command {
         StoreCommand::Compact { json } => {
-            let report = store.compact()?;
+            let bar = crate::util::progress("compacting", "runs");
+            let report = store.compact_with_progress(|done, all| crate::util::tick(&bar, done, all))?;
+            bar.finish_and_clear();
             if json {
                 say!(
                     "{}",
@@ -84,7 +86,9 @@ pub fn run(store: &Store, command: StoreCommand) -> Result<ExitCode> {
         }
         StoreCommand::Sync { dest, json } => {
             let target = Store::open(&dest)?;
-            let r = store.sync_to(&target)?;
+            let bar = crate::util::progress("syncing", "runs");
+            let r = store.sync_to_with_progress(&target, |done, all| crate::util::tick(&bar, done, all))?;
+            bar.finish_and_clear();
             if json {
                 say!(
                     "{}",

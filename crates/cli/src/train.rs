@@ -310,14 +310,27 @@ pub fn resolve(path: &Path, env: impl IntoIterator<Item = (String, String)>, set
     let mut env: Vec<(String, String)> =
         env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.len() > ENV_PREFIX.len()).collect();
     env.sort();
+    // While the config itself reads, an override that breaks it is named as the culprit,
+    // rather than the file.
+    let reads = |t: &toml::Table| Recipe::deserialize(toml::Value::Table(t.clone())).err();
+    let mut clean = reads(&table).is_none();
+    let mut apply = |table: &mut toml::Table, keys: &[String], value: toml::Value, source: String| -> Result<()> {
+        set_path(table, keys, value, &source)?;
+        let broken = reads(table);
+        if clean && let Some(e) = &broken {
+            bail!("{source} (applied to {}): {}", path.display(), e.to_string().trim_end());
+        }
+        clean = broken.is_none();
+        Ok(())
+    };
     for (key, value) in env {
         let keys: Vec<String> = key[ENV_PREFIX.len()..].split("__").map(str::to_ascii_lowercase).collect();
-        set_path(&mut table, &keys, parse_value(&value), &format!("environment variable {key}"))?;
+        apply(&mut table, &keys, parse_value(&value), format!("environment variable {key}"))?;
     }
     for spec in sets {
         let (key, value) = spec.split_once('=').with_context(|| format!("--set {spec:?}: expected KEY.PATH=VALUE"))?;
         let keys: Vec<String> = key.trim().split('.').map(str::to_string).collect();
-        set_path(&mut table, &keys, parse_value(value.trim()), &format!("--set {spec:?}"))?;
+        apply(&mut table, &keys, parse_value(value.trim()), format!("--set {spec:?}"))?;
     }
     Ok(table)
 }
@@ -436,8 +449,20 @@ fn prepare(recipe: &Recipe, config_path: &Path) -> Result<Prepared> {
         bail!("{}: no rows to train on", data_path.display());
     }
     let labels = data.to_strings(&d.label).with_context(|| format!("{}: label column", data_path.display()))?;
-    let fractions = SplitFractions::new(d.fractions[0], d.fractions[1], d.fractions[2])?;
+    let fractions = SplitFractions::new(d.fractions[0], d.fractions[1], d.fractions[2])
+        .with_context(|| format!("{}: [data] fractions", config_path.display()))?;
     let split = kiln_data::stratified_split(&labels, fractions, d.seed)?;
+    for (part, rows) in [("train", &split.train), ("validation", &split.val), ("test", &split.test)] {
+        if rows.is_empty() {
+            bail!(
+                "{}: [data] fractions {:?} leave no {part} rows of the {} in {}; every part needs some",
+                config_path.display(),
+                d.fractions,
+                data.height(),
+                data_path.display()
+            );
+        }
+    }
     let mut pipeline = recipe.preprocess.clone();
     if !pipeline.exclude.contains(&d.label) {
         pipeline.exclude.push(d.label.clone());
@@ -449,7 +474,8 @@ fn prepare(recipe: &Recipe, config_path: &Path) -> Result<Prepared> {
     let fitted = pipeline.fit(&train_rows)?;
     let encoder = LabelEncoder::fit(&labels);
     let classes = encoder.encode(&labels)?;
-    let source = data_path.display().to_string();
+    // Absolute, so the lineage names the file wherever the run is read from.
+    let source = std::path::absolute(&data_path).unwrap_or_else(|_| data_path.clone()).display().to_string();
     let part = |rows: &[usize]| -> Result<Examples> {
         let frame = data.take(rows)?.frame().clone();
         let x = fitted.transform(&frame, &source)?;
@@ -530,7 +556,7 @@ fn sweep_worker(
     let sweep =
         recipe.sweep.as_ref().with_context(|| format!("{}: --study needs a [sweep] section", args.config.display()))?;
     let space = SearchSpace { params: sweep.params.clone() };
-    space.validate()?;
+    space.validate().with_context(|| format!("{}: [sweep] params", args.config.display()))?;
     let total = args.trials.unwrap_or(sweep.trials);
     let study = Study::open_or_create(journal, sweep.study_config(&recipe.experiment))?;
     let mut tracking = Tracking::new(store, &recipe.experiment);

@@ -120,6 +120,24 @@ pub fn num(v: Option<f64>) -> String {
     )
 }
 
+/// A progress bar on stderr for long work, drawn only when stderr is a terminal (so scripts,
+/// logs and `--json` consumers see nothing of it).
+pub fn progress(what: &str, unit: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    let template = format!("{{msg}} {{bar:30}} {{pos}}/{{len}} {unit} ({{per_sec}}, {{eta}} left)");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Moves a [`progress`] bar to `done` of `all`.
+pub fn tick(bar: &indicatif::ProgressBar, done: usize, all: usize) {
+    bar.set_length(all as u64);
+    bar.set_position(done as u64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -540,6 +540,11 @@ impl Store {
     /// and removes the leftovers of interrupted compactions. Safe to run at any time, from any
     /// process, while other processes log.
     pub fn compact(&self) -> Result<CompactReport> {
+        self.compact_with_progress(|_, _| {})
+    }
+
+    /// [`Store::compact`], calling `progress(runs looked at, runs in all)` after each run.
+    pub fn compact_with_progress(&self, mut progress: impl FnMut(usize, usize)) -> Result<CompactReport> {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let mut report = CompactReport::default();
@@ -548,8 +553,10 @@ impl Store {
 
         let mut pending: Vec<(RunRecord, Vec<DecodedPoint>)> = Vec::new();
         let mut pending_points = 0usize;
-        for id in self.live_run_ids(&lake)? {
-            let dir = self.run_dir(&id);
+        let live = self.live_run_ids(&lake)?;
+        for (i, id) in live.iter().enumerate() {
+            progress(i + 1, live.len());
+            let dir = self.run_dir(id);
             let record = read_record(&dir)?;
             if !record.status().is_terminal() {
                 continue;
@@ -748,6 +755,8 @@ fn scan_args() -> ScanArgsParquet {
     ScanArgsParquet { glob: false, hive_options: HiveOptions::new_disabled(), ..Default::default() }
 }
 
+/// The given Parquet files as one lazy frame (paths taken literally: no globs, no hive
+/// partitions).
 pub(crate) fn scan_files(files: Vec<PathBuf>) -> Result<LazyFrame> {
     let paths = files
         .iter()

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::error::IoContext;
-use crate::fsutil::{self, write_atomic};
+use crate::fsutil::write_atomic;
 use crate::segment::{decode_segment, segment_name, segment_numbers};
 use crate::{Error, Result, Store};
 
@@ -59,10 +59,17 @@ impl Store {
     /// Copies every run, artifact and model of this store that `dest` lacks, and what was added
     /// to runs and models since the last sync. Safe while runs are being written here.
     pub fn sync_to(&self, dest: &Store) -> Result<SyncReport> {
+        self.sync_to_with_progress(dest, |_, _| {})
+    }
+
+    /// [`Store::sync_to`], calling `progress(runs done, runs in all)` after each run.
+    pub fn sync_to_with_progress(&self, dest: &Store, mut progress: impl FnMut(usize, usize)) -> Result<SyncReport> {
         let started = Instant::now();
         let mut report = SyncReport::default();
-        for id in self.run_ids()? {
-            self.sync_run(dest, &id, &mut report)?;
+        let ids = self.run_ids()?;
+        for (i, id) in ids.iter().enumerate() {
+            self.sync_run(dest, id, &mut report)?;
+            progress(i + 1, ids.len());
         }
         self.registry().sync_into(&dest.registry(), &mut report)?;
         report.seconds = started.elapsed().as_secs_f64();
@@ -103,10 +110,39 @@ impl Store {
             changed = true;
         }
 
+        // The artifact manifest is read once: its objects are copied before it is, so the
+        // destination never lists an artifact whose files it lacks.
+        let manifest_path = from.join("artifacts.json");
+        let manifest_bytes = match std::fs::read(&manifest_path) {
+            Ok(b) => Some(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => return Err(Error::Io { path: manifest_path, source }),
+        };
+        if let Some(bytes) = &manifest_bytes {
+            let manifest: crate::artifacts::Manifest = serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+                path: manifest_path.clone(),
+                line: Some(e.line()),
+                message: e.to_string(),
+            })?;
+            for artifact in manifest.values() {
+                for f in &artifact.files {
+                    let src = self.objects().path(&f.digest)?;
+                    let dst = dest.objects().path(&f.digest)?;
+                    if !(dst.exists() && crate::artifacts::refresh(&dst)) {
+                        copy_object(&src, &dst)?;
+                        report.objects_copied += 1;
+                    }
+                }
+            }
+        }
+
         for file in RUN_FILES {
             let src_path = from.join(file);
-            let bytes = match std::fs::read(&src_path) {
-                Ok(b) => b,
+            let read =
+                if file == "artifacts.json" { Ok(manifest_bytes.clone()) } else { std::fs::read(&src_path).map(Some) };
+            let bytes = match read {
+                Ok(Some(b)) => b,
+                Ok(None) => continue,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(source) => return Err(Error::Io { path: src_path, source }),
             };
@@ -114,18 +150,6 @@ impl Store {
                 write_atomic(&to.join(file), &bytes)?;
                 // The heartbeat alone changes while a run idles; it is not news.
                 changed |= file != "heartbeat.json";
-            }
-        }
-
-        let manifest: crate::artifacts::Manifest = fsutil::read_json_or_default(&from.join("artifacts.json"))?;
-        for artifact in manifest.values() {
-            for f in &artifact.files {
-                let src = self.objects().path(&f.digest)?;
-                let dst = dest.objects().path(&f.digest)?;
-                if !(dst.exists() && crate::artifacts::refresh(&dst)) {
-                    copy_object(&src, &dst)?;
-                    report.objects_copied += 1;
-                }
             }
         }
 

@@ -27,6 +27,9 @@
 //! processes on a shared file system append to at once, so each Slurm array task can be one
 //! worker; trials can be kiln-track child runs of the study's run.
 //!
+//! [`plot`] draws metric curves, confusion matrices, reliability diagrams and drift
+//! histograms (reference against current) to PNG or SVG with plotters, fonts embedded.
+//!
 //! | feature | enables | default |
 //! |---|---|---|
 //! | `cuda` | burn's CUDA backend (the driver is loaded at run time; builds without a toolkit) | no |

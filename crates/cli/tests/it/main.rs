@@ -371,18 +371,36 @@ fn a_closed_stdout_ends_quietly() {
     assert!(out.status.success() && !stderr.contains("panicked"), "{:?}: {stderr}", out.status);
 }
 
-/// Every `kiln ...` line in the shell blocks of docs/cli.md, docs/ui.md, docs/getting-started.md
-/// and the README parses:
-/// the subcommands and flags exist and their values are valid (each runs with `--help` added
-/// before any `--`, under `sh` for quoting and environment assignments).
+/// Every `kiln ...` command in the shell blocks of docs/*.md and the README parses (lines
+/// continued with `\` joined): the subcommands and flags exist and their values are valid
+/// (each runs with `--help` added before any `--`, under `sh` for quoting and environment
+/// assignments).
 #[test]
 fn the_commands_in_the_docs_parse() {
     let bin = env!("CARGO_BIN_EXE_kiln");
     let mut checked = 0;
-    for doc in ["docs/cli.md", "docs/ui.md", "docs/getting-started.md", "README.md"] {
+    let mut docs: Vec<String> = std::fs::read_dir(repo_file("docs"))
+        .unwrap()
+        .map(|e| format!("docs/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|name| name.ends_with(".md"))
+        .collect();
+    docs.sort();
+    docs.push("README.md".into());
+    for doc in &docs {
         let text = std::fs::read_to_string(repo_file(doc)).unwrap();
         let mut in_sh = false;
+        let mut lines: Vec<String> = Vec::new();
         for line in text.lines() {
+            match lines.last_mut() {
+                Some(last) if last.ends_with('\\') => {
+                    last.pop();
+                    last.push(' ');
+                    last.push_str(line.trim_start());
+                }
+                _ => lines.push(line.to_string()),
+            }
+        }
+        for line in &lines {
             if line.starts_with("```") {
                 in_sh = line.trim() == "```sh";
                 continue;
@@ -392,7 +410,7 @@ fn the_commands_in_the_docs_parse() {
                 continue;
             };
             let (env, rest) = code.split_at(at);
-            if !env.trim().split_whitespace().all(|w| w.contains('=')) || rest.starts_with("kiln-") {
+            if !env.split_whitespace().all(|w| w.contains('=')) || rest.starts_with("kiln-") {
                 continue;
             }
             let rest = rest.trim_start_matches("target/release/");

@@ -188,6 +188,17 @@ fn generate(store: &Store) -> (String, usize, String) {
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("weights"), "w").unwrap();
+    // A real reference profile (kiln-data's), of x in [0, 10) and two islands half and half.
+    const ISLANDS: [&str; 2] = ["Biscoe", "Dream"];
+    let mut csv = String::from("x,island\n");
+    for i in 0..200 {
+        csv += &format!("{},{}\n", f64::from(i) / 20.0, ISLANDS[i as usize % 2]);
+    }
+    std::fs::write(dir.path().join("train.csv"), csv).unwrap();
+    let train = kiln_data::Dataset::load_csv(dir.path().join("train.csv")).unwrap();
+    let profile = kiln_data::DatasetProfile::of(train.frame(), &kiln_data::ProfileOptions::default()).unwrap();
+    std::fs::write(dir.path().join("profile.json"), profile.to_json().unwrap()).unwrap();
+    std::fs::remove_file(dir.path().join("train.csv")).unwrap();
     let registry = store.registry();
     for acc in [0.9, 0.93] {
         let options = RegisterOptions { metrics: [("val_accuracy".to_string(), acc)].into(), ..Default::default() };
@@ -203,7 +214,8 @@ fn generate(store: &Store) -> (String, usize, String) {
             role: "primary".into(),
             request_id: format!("r{i}"),
             row: 0,
-            inputs: "{}".into(),
+            // x has moved up (8 to 12.5, half of it past the training range); island has not.
+            inputs: json!({"x": 8.0 + (i % 10) as f64 * 0.5, "island": ISLANDS[i as usize % 2]}).to_string(),
             label: if i % 3 == 0 { "cat".into() } else { "dog".into() },
             class: i % 2,
             probabilities: vec![0.4, 0.6],
@@ -246,7 +258,7 @@ fn the_ui_lists_filters_opens_and_compares_runs_in_chromium() {
     let _server = Killed(server);
     let url = line.split_whitespace().find(|w| w.starts_with("http://")).expect("the URL is printed").to_string();
 
-    // The runs table: first page of 50, newest first, 122 runs in all.
+    // The runs table: first page of 50, newest first, 121 runs in all.
     browser.open(&format!("{url}#/runs"));
     browser.wait_for("runs table", "return document.querySelectorAll('#runs-table tr.run-row').length === 50");
     let total = browser.eval("return document.getElementById('total').textContent");
@@ -257,7 +269,10 @@ fn the_ui_lists_filters_opens_and_compares_runs_in_chromium() {
 
     // Filter by a metric, typed into the box.
     browser.open(&format!("{url}#/runs"));
-    browser.wait_for("runs table", "return document.querySelectorAll('#runs-table tr.run-row').length === 50");
+    browser.wait_for(
+        "page 1",
+        "const t = document.getElementById('total'); return t && t.textContent.startsWith('1–50 ')",
+    );
     browser.type_into("#filter", "val_accuracy > 0.9\u{E007}");
     let want = format!("1–{above} of {above} runs");
     browser.wait_for("filtered", &format!("return document.getElementById('total').textContent === '{want}'"));
@@ -265,8 +280,12 @@ fn the_ui_lists_filters_opens_and_compares_runs_in_chromium() {
 
     // Sorted by a metric on the server: the best trial first; open it and see its charts.
     browser.open(&format!("{url}#/runs?experiment=sweep&sort=metric:val_accuracy&order=desc"));
-    let first = browser
-        .wait_for("sorted", "const r = document.querySelector('#runs-table tr.run-row'); return r && r.dataset.run");
+    browser
+        .wait_for("sorted", "return document.querySelector('th.sorted[data-sort=\"metric:val_accuracy\"]') !== null");
+    let first = browser.wait_for(
+        "sorted rows",
+        "const r = document.querySelector('#runs-table tr.run-row'); return r && r.dataset.run",
+    );
     assert_eq!(first, best.as_str());
     browser.click("#runs-table tr.run-row a");
     browser.wait_for("run page", "return document.querySelectorAll('.metric-chart svg path.series').length >= 2");
@@ -294,5 +313,15 @@ fn the_ui_lists_filters_opens_and_compares_runs_in_chromium() {
     let row =
         browser.wait_for("serving", "const t = document.getElementById('serving-table'); return t && t.textContent");
     assert!(row.as_str().unwrap().contains("60") && row.as_str().unwrap().contains("0.8000"), "{row}");
+    // Input drift against the training profile: x flagged and listed first, island not.
+    let order = browser.wait_for(
+        "drift",
+        "const c = [...document.querySelectorAll('#drift .drift-chart')]; \
+         return c.length === 2 && c.map((e) => e.dataset.feature + (e.classList.contains('drifted') ? '!' : '')).join(',')",
+    );
+    assert_eq!(order, "x!,island");
+    let bars =
+        browser.eval("return document.querySelectorAll('#drift .drift-chart[data-feature=x] rect.drift-bar').length");
+    assert_eq!(bars, json!(20), "10 bins, reference and current");
     browser.screenshot("serving");
 }

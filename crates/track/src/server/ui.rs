@@ -109,31 +109,40 @@ fn read_row(store: &Store, id: &str) -> Result<(bool, Row)> {
     ))
 }
 
-/// Every run's row, newest first, re-reading only what changed.
+/// Every run's row, newest first, re-reading only what changed. The cache's lock is not held
+/// while files are read, so one slow request does not hold up the others.
 fn rows(state: &AppState) -> Result<Vec<Row>> {
     let ids = state.store.run_ids()?;
-    let mut index = lock(&state.ui_index);
-    index.retain(|id, _| ids.binary_search(id).is_ok());
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids.iter().rev() {
-        let now = stamp(&state.store, id);
-        let fresh = index.get(id).is_some_and(|c| c.stamp == now && c.settled);
-        if !fresh {
-            match read_row(&state.store, id) {
-                Ok((settled, row)) => {
-                    index.insert(id.clone(), Cached { stamp: now, settled, row });
-                }
-                // A run being created or removed right now: skip it this time.
-                Err(crate::Error::NotFound(_)) => continue,
-                Err(crate::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        if let Some(c) = index.get(id) {
-            out.push(c.row.clone());
+    let stamped: Vec<(&String, [Option<SystemTime>; 3])> =
+        ids.iter().rev().map(|id| (id, stamp(&state.store, id))).collect();
+    let stale: Vec<usize> = {
+        let index = lock(&state.ui_index);
+        (0..stamped.len())
+            .filter(|&i| {
+                let (id, now) = &stamped[i];
+                !index.get(*id).is_some_and(|c| c.stamp == *now && c.settled)
+            })
+            .collect()
+    };
+    let mut read = Vec::with_capacity(stale.len());
+    let mut gone = Vec::new();
+    for i in stale {
+        let (id, now) = &stamped[i];
+        match read_row(&state.store, id) {
+            Ok((settled, row)) => read.push(((*id).clone(), Cached { stamp: *now, settled, row })),
+            // A run being created or removed right now: leave it out this time.
+            Err(crate::Error::NotFound(_)) => gone.push(*id),
+            Err(crate::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => gone.push(*id),
+            Err(e) => return Err(e),
         }
     }
-    Ok(out)
+    let mut index = lock(&state.ui_index);
+    index.retain(|id, _| ids.binary_search(id).is_ok());
+    for id in gone {
+        index.remove(id);
+    }
+    index.extend(read);
+    Ok(stamped.iter().filter_map(|(id, _)| index.get(*id).map(|c| c.row.clone())).collect())
 }
 
 #[derive(Debug, Deserialize)]
@@ -405,6 +414,188 @@ pub(super) struct Serving {
     hours: Vec<HourStats>,
     /// Predicted labels and how often.
     labels: BTreeMap<String, u64>,
+    /// The primary version's latest inputs against its training profile.
+    drift: Option<InputDrift>,
+}
+
+/// The latest logged inputs of one version, binned like its package's reference profile
+/// (`profile.json`: the training data's histograms and top categories).
+#[derive(Debug, Serialize)]
+struct InputDrift {
+    version: String,
+    /// Logged rows compared (the latest [`DRIFT_ROWS`] at most).
+    rows: usize,
+    /// Features, the most drifted first.
+    features: Vec<FeatureDrift>,
+    /// Why there are no features, when there are none.
+    note: Option<String>,
+}
+
+/// The rows of the serving log that drift is judged on.
+const DRIFT_ROWS: usize = 5000;
+
+/// A feature's reference and current histograms over the same bins.
+#[derive(Debug, Serialize)]
+struct FeatureDrift {
+    feature: String,
+    /// `numeric` (the reference's bin edges) or `categorical` (its top categories and `other`).
+    kind: &'static str,
+    /// Bin labels.
+    bins: Vec<String>,
+    reference: Vec<u64>,
+    current: Vec<u64>,
+    /// Current values outside the reference's range, counted in the end bins.
+    outside: u64,
+    /// Current rows without a usable value.
+    missing: u64,
+    /// Population stability index over these bins (above 0.25 is commonly read as a major shift).
+    psi: f64,
+}
+
+/// PSI of two histograms over the same bins, with empty bins floored at 1e-4.
+fn psi(reference: &[u64], current: &[u64]) -> f64 {
+    let (rt, ct) = (reference.iter().sum::<u64>() as f64, current.iter().sum::<u64>() as f64);
+    if rt == 0.0 || ct == 0.0 {
+        return f64::NAN;
+    }
+    reference
+        .iter()
+        .zip(current)
+        .map(|(&r, &c)| {
+            let (p, q) = ((r as f64 / rt).max(1e-4), (c as f64 / ct).max(1e-4));
+            (q - p) * (q / p).ln()
+        })
+        .sum()
+}
+
+/// One feature's drift from its profile column (as JSON) and the logged values.
+fn feature_drift(column: &serde_json::Value, values: &[Option<&serde_json::Value>]) -> Option<FeatureDrift> {
+    let feature = column["name"].as_str()?.to_string();
+    let mut missing = 0;
+    let mut outside = 0;
+    if let Some(hist) = column["numeric"]["histogram"].as_object() {
+        let edges: Vec<f64> = hist.get("edges")?.as_array()?.iter().filter_map(serde_json::Value::as_f64).collect();
+        let reference: Vec<u64> =
+            hist.get("counts")?.as_array()?.iter().filter_map(serde_json::Value::as_u64).collect();
+        if reference.is_empty() || edges.len() != reference.len() + 1 {
+            return None;
+        }
+        let mut current = vec![0u64; reference.len()];
+        for v in values {
+            let x = match v {
+                Some(serde_json::Value::Number(n)) => n.as_f64(),
+                Some(serde_json::Value::String(t)) => t.trim().parse::<f64>().ok(),
+                Some(serde_json::Value::Bool(b)) => Some(f64::from(u8::from(*b))),
+                _ => None,
+            };
+            let Some(x) = x.filter(|x| x.is_finite()) else {
+                missing += 1;
+                continue;
+            };
+            let last = reference.len() - 1;
+            let bin = if x < edges[0] {
+                outside += 1;
+                0
+            } else if x > edges[edges.len() - 1] {
+                outside += 1;
+                last
+            } else {
+                edges.partition_point(|e| *e <= x).saturating_sub(1).min(last)
+            };
+            current[bin] += 1;
+        }
+        let bins = edges.windows(2).map(|w| format!("{}–{}", short(w[0]), short(w[1]))).collect();
+        let psi = psi(&reference, &current);
+        return Some(FeatureDrift { feature, kind: "numeric", bins, reference, current, outside, missing, psi });
+    }
+    let top = column["categorical"]["top"].as_array()?;
+    let mut bins: Vec<String> = Vec::new();
+    let mut reference: Vec<u64> = Vec::new();
+    for pair in top {
+        bins.push(pair.get(0)?.as_str()?.to_string());
+        reference.push(pair.get(1)?.as_u64()?);
+    }
+    let other = column["count"].as_u64().unwrap_or(0).saturating_sub(reference.iter().sum());
+    bins.push("other".into());
+    reference.push(other);
+    let mut current = vec![0u64; bins.len()];
+    for v in values {
+        let text = match v {
+            Some(serde_json::Value::String(t)) => t.clone(),
+            Some(serde_json::Value::Null) | None => {
+                missing += 1;
+                continue;
+            }
+            Some(other) => other.to_string(),
+        };
+        let at = bins[..bins.len() - 1].iter().position(|b| *b == text).unwrap_or(bins.len() - 1);
+        current[at] += 1;
+    }
+    let psi = psi(&reference, &current);
+    Some(FeatureDrift { feature, kind: "categorical", bins, reference, current, outside, missing, psi })
+}
+
+/// A bin edge, short.
+fn short(x: f64) -> String {
+    let a = x.abs();
+    if a != 0.0 && !(1e-3..1e5).contains(&a) {
+        format!("{x:.2e}")
+    } else {
+        format!("{}", (x * 1000.0).round() / 1000.0)
+    }
+}
+
+/// Drift of `version`'s latest logged inputs (JSON objects) against its package's profile.
+fn input_drift(store: &Store, model: &str, version: &str, inputs: &[&str]) -> InputDrift {
+    let mut out = InputDrift { version: version.to_string(), rows: inputs.len(), features: Vec::new(), note: None };
+    let profile = version
+        .trim_start_matches('v')
+        .parse::<u32>()
+        .ok()
+        .and_then(|v| store.registry().version(model, v).ok())
+        .map(|v| v.package_dir.join("profile.json"));
+    let Some(path) = profile else {
+        out.note = Some(format!("version {version} is not in the registry, so there is no reference profile"));
+        return out;
+    };
+    let profile: serde_json::Value = match std::fs::read(&path).map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            out.note = Some(format!("{}: not a profile: {e}", path.display()));
+            return out;
+        }
+        Err(_) => {
+            out.note = Some(format!("the package of version {version} has no reference profile (profile.json)"));
+            return out;
+        }
+    };
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = inputs
+        .iter()
+        .filter_map(|t| match serde_json::from_str(t) {
+            Ok(serde_json::Value::Object(o)) => Some(o),
+            _ => None,
+        })
+        .collect();
+    let unreadable = inputs.len() - rows.len();
+    for column in profile["columns"].as_array().map(Vec::as_slice).unwrap_or_default() {
+        let Some(name) = column["name"].as_str() else { continue };
+        if !rows.iter().any(|r| r.contains_key(name)) {
+            continue; // the label, or a column the model does not take
+        }
+        let values: Vec<Option<&serde_json::Value>> = rows.iter().map(|r| r.get(name)).collect();
+        if let Some(f) = feature_drift(column, &values) {
+            out.features.push(f);
+        }
+    }
+    out.features.sort_by(|a, b| b.psi.total_cmp(&a.psi).then_with(|| a.feature.cmp(&b.feature)));
+    if out.features.is_empty() {
+        out.note = Some("the logged inputs name none of the profile's columns".into());
+    }
+    if unreadable > 0 {
+        let n = format!("{unreadable} logged row(s) had inputs that are not a JSON object; left out");
+        out.note = Some(out.note.map_or(n.clone(), |o| format!("{o}; {n}")));
+    }
+    out
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -434,13 +625,15 @@ fn serving(store: &Store, model: &str) -> ApiResult<Serving> {
     let mut versions: BTreeMap<(String, String), (VersionStats, Vec<u64>)> = BTreeMap::new();
     let mut hours: BTreeMap<i64, (HourStats, u64, u64)> = BTreeMap::new();
     let mut labels: BTreeMap<String, u64> = BTreeMap::new();
-    let bad = |e: PolarsError| crate::Error::Sql(e.to_string());
+    let mut drift = None;
+    let bad = |e: PolarsError| crate::Error::Sql(format!("reading the serving log of model {model:?}: {e}"));
     if let Some(frame) = lazy.get("predictions") {
         let df = frame
             .clone()
-            .select([col("time"), col("version"), col("role"), col("label"), col("latency_us")])
+            .select([col("time"), col("version"), col("role"), col("label"), col("latency_us"), col("inputs")])
             .collect()
             .map_err(bad)?;
+        let inputs = df.column("inputs").map_err(bad)?.str().map_err(bad)?;
         let time = df.column("time").and_then(|c| c.cast(&DataType::Int64)).map_err(bad)?;
         let time = time.i64().map_err(bad)?;
         let version = df.column("version").map_err(bad)?.str().map_err(bad)?;
@@ -448,9 +641,14 @@ fn serving(store: &Store, model: &str) -> ApiResult<Serving> {
         let label = df.column("label").map_err(bad)?.str().map_err(bad)?;
         let latency = df.column("latency_us").and_then(|c| c.cast(&DataType::UInt64)).map_err(bad)?;
         let latency = latency.u64().map_err(bad)?;
+        // The primary's latest rows, for drift.
+        let mut primary: Vec<(i64, usize)> = Vec::new();
         for i in 0..df.height() {
             let key = (version.get(i).unwrap_or("").to_string(), role.get(i).unwrap_or("").to_string());
             let shadow = key.1 == "shadow";
+            if key.1 == "primary" {
+                primary.push((time.get(i).unwrap_or(i64::MIN), i));
+            }
             let e = versions.entry(key.clone()).or_default();
             e.0.version = key.0;
             e.0.role = key.1;
@@ -467,6 +665,18 @@ fn serving(store: &Store, model: &str) -> ApiResult<Serving> {
                 h.1 += us;
             }
             *labels.entry(label.get(i).unwrap_or("").to_string()).or_default() += 1;
+        }
+        primary.sort_unstable();
+        if let Some(&(_, newest)) = primary.last() {
+            let v = version.get(newest).unwrap_or("");
+            let rows: Vec<&str> = primary
+                .iter()
+                .rev()
+                .filter(|(_, i)| version.get(*i) == Some(v))
+                .take(DRIFT_ROWS)
+                .map(|(_, i)| inputs.get(*i).unwrap_or(""))
+                .collect();
+            drift = Some(input_drift(store, model, v, &rows));
         }
     }
     if let Some(frame) = lazy.get("feedback") {
@@ -520,7 +730,7 @@ fn serving(store: &Store, model: &str) -> ApiResult<Serving> {
             h
         })
         .collect();
-    Ok(Serving { model: model.to_string(), versions, hours, labels })
+    Ok(Serving { model: model.to_string(), versions, hours, labels, drift })
 }
 
 pub(super) async fn serving_monitor(
@@ -529,4 +739,49 @@ pub(super) async fn serving_monitor(
 ) -> ApiResult<Response> {
     let Path(model) = model?;
     Ok(json(blocking(move || serving(&state.store, &model)).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::{feature_drift, psi};
+
+    #[test]
+    fn psi_is_zero_for_the_same_shape_and_grows_with_a_shift() {
+        assert!(psi(&[10, 20, 30], &[1, 2, 3]).abs() < 1e-12);
+        // Half the mass moved from the first bin to the last; empty bins count as 1e-4.
+        let shifted = psi(&[50, 50, 0], &[0, 50, 50]);
+        let by_hand = (1e-4 - 0.5) * (1e-4f64 / 0.5).ln() + (0.5 - 1e-4) * (0.5 / 1e-4f64).ln();
+        assert!((shifted - by_hand).abs() < 1e-12, "{shifted} vs {by_hand}");
+        assert!(psi(&[0, 0], &[1, 1]).is_nan());
+    }
+
+    #[test]
+    fn numeric_values_fall_in_the_reference_bins_and_out_of_range_ones_are_counted() {
+        let column = json!({"name": "x", "count": 4, "missing": 0,
+            "numeric": {"histogram": {"edges": [0.0, 1.0, 2.0], "counts": [2, 2]}}, "categorical": null});
+        let values =
+            [json!(0.5), json!(1.0), json!(2.0), json!(-3.0), json!(9.0), json!("1.5"), json!(null), json!("x")];
+        let refs: Vec<Option<&serde_json::Value>> = values.iter().map(Some).chain([None]).collect();
+        let d = feature_drift(&column, &refs).unwrap();
+        assert_eq!(d.kind, "numeric");
+        // 0.5 and -3 (below) in the first bin; 1.0, 2.0 (closed last edge), 9 (above), "1.5" in the second.
+        assert_eq!(d.current, vec![2, 4]);
+        assert_eq!((d.outside, d.missing), (2, 3));
+        assert_eq!(d.bins, vec!["0–1", "1–2"]);
+    }
+
+    #[test]
+    fn categories_outside_the_reference_top_count_as_other() {
+        let column = json!({"name": "island", "count": 10, "missing": 0, "numeric": null,
+            "categorical": {"unique": 3, "top": [["Biscoe", 6], ["Dream", 3]]}});
+        let values = [json!("Biscoe"), json!("Torgersen"), json!("Mars"), json!(null)];
+        let refs: Vec<Option<&serde_json::Value>> = values.iter().map(Some).collect();
+        let d = feature_drift(&column, &refs).unwrap();
+        assert_eq!(d.bins, vec!["Biscoe", "Dream", "other"]);
+        assert_eq!(d.reference, vec![6, 3, 1]);
+        assert_eq!(d.current, vec![1, 0, 2]);
+        assert_eq!(d.missing, 1);
+    }
 }

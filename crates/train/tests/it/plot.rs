@@ -28,7 +28,7 @@ fn every_plot_writes_png_and_svg() {
     for ext in ["png", "svg"] {
         let path = |name: &str| dir.path().join(format!("{name}.{ext}"));
         line_chart(&[loss.clone(), acc.clone()], "curves", "epoch", "value", false, &path("curves")).unwrap();
-        line_chart(&[loss.clone()], "log", "epoch", "loss", true, &path("log")).unwrap();
+        line_chart(std::slice::from_ref(&loss), "log", "epoch", "loss", true, &path("log")).unwrap();
         confusion_matrix(&confusion, &labels, "confusion", &path("confusion")).unwrap();
         calibration_curve(&bins, "reliability", &path("calibration")).unwrap();
         drift_histogram(&reference, &current, 20, "drift", "bill_length_mm", &path("drift")).unwrap();

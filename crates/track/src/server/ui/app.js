@@ -104,6 +104,9 @@ function showTip(e, content) {
 
 function hideTip() { tooltip.hidden = true; }
 
+// Bumped on every navigation; a view whose data arrives after the user has moved on drops it.
+let routeGen = 0;
+
 function fail(e) {
   view.replaceChildren(h("p", { class: "error", role: "alert" }, String(e.message || e)));
 }
@@ -236,11 +239,12 @@ function parallelCoordinates(runs, axes) {
 const selected = new Set();
 
 async function runsView(params) {
+  const gen = routeGen;
   const q = new URLSearchParams();
   for (const k of ["experiment", "status", "q", "sort", "order", "params", "metrics", "parent"]) {
     if (params.get(k)) q.set(k, params.get(k));
   }
-  const page = Math.max(0, parseInt(params.get("page") || "0", 10));
+  const page = Math.max(0, parseInt(params.get("page") || "0", 10) || 0);
   const limit = 50;
   q.set("offset", page * limit);
   q.set("limit", limit);
@@ -306,6 +310,7 @@ async function runsView(params) {
     h("span", { id: "total" }, `${first}–${last} of ${t.total.toLocaleString("en")} runs`),
     h("button", { id: "next", disabled: last >= t.total, onclick: () => update({ page: page + 1 }) }, "Next ›"));
 
+  if (gen !== routeGen) return;
   view.replaceChildren(
     h("h1", {}, params.get("parent") ? ["Trials of ", runLink(params.get("parent"))] : "Runs"),
     h("div", { class: "controls" }, experiment, status, filter, chooseButton, compareButton, sweepButton),
@@ -318,12 +323,14 @@ async function runsView(params) {
 // One run
 
 async function runView(id) {
+  const gen = routeGen;
   const [detail, metrics] = await Promise.all([api("/api/runs/" + id), api("/api/runs/" + id + "/metrics")]);
   const s = detail;
   const dl = (pairs) => h("dl", { class: "kv" }, pairs.filter((p) => p[1] !== null && p[1] !== undefined && p[1] !== "")
     .flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)]));
   const env = detail.environment;
   const children = await api("/api/ui/runs?limit=1&parent=" + id);
+  if (gen !== routeGen) return;
   view.replaceChildren(
     h("h1", {}, s.name !== s.run_id ? s.name + " " : "", h("span", { class: "mono muted" }, s.run_id), " ", badge(s.status)),
     h("div", { class: "grid" },
@@ -375,10 +382,11 @@ async function runView(id) {
 // Compare
 
 async function compareView(params) {
+  const gen = routeGen;
   const q = new URLSearchParams();
   for (const k of ["runs", "parent", "experiment"]) if (params.get(k)) q.set(k, params.get(k));
   const c = await api("/api/ui/compare?" + q.toString());
-  if (!c.runs.length) { view.replaceChildren(h("h1", {}, "Compare"), h("p", { class: "muted" }, "No runs to compare.")); return; }
+  if (!c.runs.length) { if (gen !== routeGen) return; view.replaceChildren(h("h1", {}, "Compare"), h("p", { class: "muted" }, "No runs to compare.")); return; }
   const metric = params.get("metric") || c.metric_keys.find((k) => /val_loss|loss/.test(k)) || c.metric_keys[0];
   const varying = c.param_keys.filter((k) => new Set(c.runs.map((r) => text(r.params[k]))).size > 1);
   const select = h("select", { id: "metric", onchange: (e) => { const p = new URLSearchParams(params); p.set("metric", e.target.value); go("compare", p); } },
@@ -392,6 +400,7 @@ async function compareView(params) {
       h("tr", {}, h("td", {}, "status"), c.runs.map((r) => h("td", {}, badge(r.status)))),
       (varying.length ? varying : c.param_keys).map((k) => h("tr", {}, h("td", {}, k), c.runs.map((r) => h("td", { class: "mono" }, text(r.params[k]))))),
       c.metric_keys.map((k) => h("tr", {}, h("td", {}, k), c.runs.map((r) => h("td", { class: "num mono" }, num(r.metrics[k])))))));
+  if (gen !== routeGen) return;
   view.replaceChildren(h("h1", {}, `Compare ${c.runs.length} runs`), h("div", { class: "controls" }, "metric ", select),
     h("div", { class: "grid" }, curveBox, pcBox), h("h2", {}, varying.length ? "Params that differ, and metrics" : "Params and metrics"),
     h("div", { class: "table-wrap" }, table));
@@ -414,7 +423,9 @@ async function compareView(params) {
 // Registry
 
 async function modelsView() {
+  const gen = routeGen;
   const models = await api("/api/models");
+  if (gen !== routeGen) return;
   view.replaceChildren(h("h1", {}, "Models"), models.length ? h("table", { id: "models-table" },
     h("thead", {}, h("tr", {}, ["model", "versions", "latest", "aliases"].map((c) => h("th", {}, c)))),
     h("tbody", {}, models.map((m) => h("tr", {}, h("td", {}, h("a", { href: "#/model/" + encodeURIComponent(m.name) }, m.name)),
@@ -423,9 +434,11 @@ async function modelsView() {
 }
 
 async function modelView(name) {
+  const gen = routeGen;
   const m = await api("/api/models/" + encodeURIComponent(name));
   const aliasesOf = (v) => Object.entries(m.aliases).filter(([, n]) => n === v).map(([a]) => h("span", { class: "badge" }, a));
   const metricKeys = [...new Set(m.versions.flatMap((v) => Object.keys(v.metrics)))].sort();
+  if (gen !== routeGen) return;
   view.replaceChildren(
     h("h1", {}, name, " ", h("a", { href: "#/serving/" + encodeURIComponent(name), class: "badge" }, "serving monitor")),
     h("h2", {}, "Versions"),
@@ -449,9 +462,11 @@ async function modelView(name) {
 // Serving monitor
 
 async function servingView(name) {
+  const gen = routeGen;
   const s = await api("/api/ui/serving/" + encodeURIComponent(name));
   const total = Object.values(s.labels).reduce((a, b) => a + b, 0);
   const hours = s.hours;
+  if (gen !== routeGen) return;
   view.replaceChildren(
     h("h1", {}, "Serving: ", h("a", { href: "#/model/" + encodeURIComponent(name) }, name)),
     s.versions.length ? h("table", { id: "serving-table" },
@@ -464,8 +479,56 @@ async function servingView(name) {
     hours.length > 1 ? h("div", { class: "grid" },
       h("div", { class: "card" }, h("h3", {}, "Predictions per hour"), lineChart([{ label: "predictions", points: hours.map((x) => [x.hour_ms / 3.6e6, x.predictions]) }], { xLabel: "hour (since epoch)", yLabel: "predictions" })),
       h("div", { class: "card" }, h("h3", {}, "Online accuracy per hour"), lineChart([{ label: "accuracy", points: hours.filter((x) => x.accuracy !== null).map((x) => [x.hour_ms / 3.6e6, x.accuracy]) }], { xLabel: "hour (since epoch)", yLabel: "accuracy" }))) : null,
+    s.drift ? driftSection(s.drift) : null,
     total ? h("div", { class: "card" }, h("h3", {}, "Predicted labels"), h("table", {}, h("tbody", {}, Object.entries(s.labels).map(([l, n]) =>
       h("tr", {}, h("td", {}, l), h("td", { class: "num" }, n.toLocaleString("en")), h("td", {}, h("span", { class: "bar", style: `width:${(200 * n) / total}px` }))))))) : null);
+}
+
+// Reference (training profile) and current (logged inputs) shares per bin, side by side.
+function driftChart(f) {
+  const W = 320, H = 170, m = { l: 36, r: 8, t: 8, b: 34 };
+  const iw = W - m.l - m.r, ih = H - m.t - m.b;
+  const share = (counts) => { const t = counts.reduce((a, b) => a + b, 0) || 1; return counts.map((c) => c / t); };
+  const ref = share(f.reference), cur = share(f.current);
+  const top = Math.max(...ref, ...cur, 1e-9);
+  const bw = iw / f.bins.length;
+  const root = svg("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "drift of " + f.feature });
+  for (const t of ticks(0, top, 3)) {
+    const y = m.t + ih - (t / top) * ih;
+    root.append(svg("line", { class: "grid-line", x1: m.l, x2: W - m.r, y1: y, y2: y }));
+    root.append(svg("text", { x: m.l - 4, y: y + 4, "text-anchor": "end" }, Math.round(t * 100) + "%"));
+  }
+  f.bins.forEach((label, i) => {
+    const x = m.l + i * bw;
+    for (const [k, v, cls] of [[0, ref[i], "ref"], [1, cur[i], "cur"]]) {
+      const hgt = (v / top) * ih;
+      const bar = svg("rect", { class: "drift-bar " + cls, x: x + bw * (0.1 + 0.4 * k), y: m.t + ih - hgt, width: bw * 0.4, height: Math.max(hgt, 0) });
+      bar.addEventListener("mousemove", (e) => showTip(e, `${f.feature} ${label}: training ${(ref[i] * 100).toFixed(1)}%, now ${(cur[i] * 100).toFixed(1)}%`));
+      bar.addEventListener("mouseleave", hideTip);
+      root.append(bar);
+    }
+  });
+  const every = Math.ceil(f.bins.length / 4);
+  f.bins.forEach((label, i) => {
+    if (i % every === 0 || f.kind === "categorical") {
+      root.append(svg("text", { x: m.l + (i + 0.5) * bw, y: H - m.b + 14, "text-anchor": "middle" }, f.kind === "numeric" ? label.split("–")[0] : label.slice(0, 10)));
+    }
+  });
+  root.append(svg("g", { class: "axis" }, svg("line", { x1: m.l, x2: W - m.r, y1: m.t + ih, y2: m.t + ih })));
+  const drifted = typeof f.psi === "number" && f.psi > 0.25;
+  const notes = [f.outside ? `${f.outside} outside the training range` : null, f.missing ? `${f.missing} missing` : null].filter(Boolean).join(", ");
+  return h("div", { class: "card drift-chart" + (drifted ? " drifted" : ""), "data-feature": f.feature, "data-psi": f.psi },
+    h("h3", {}, f.feature, " ", h("span", { class: "muted" }, "PSI " + num(f.psi)), drifted ? [" ", h("span", { class: "badge failed" }, "shifted")] : null),
+    root, notes ? h("p", { class: "muted" }, notes) : null);
+}
+
+function driftSection(d) {
+  return h("div", { id: "drift" },
+    h("h2", {}, `Input drift of version ${d.version}`),
+    h("p", { class: "muted" }, `The latest ${d.rows.toLocaleString("en")} logged inputs (blue) against the training data's profile (grey), most shifted first.`),
+    d.note ? h("p", { class: "muted", id: "drift-note" }, d.note) : null,
+    h("div", { class: "grid" }, d.features.map(driftChart)),
+    h("div", { class: "legend" }, h("span", { style: "--c:#9aa3b2" }, "training"), h("span", { style: "--c:#2f5fd0" }, "logged inputs")));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -478,6 +541,7 @@ async function route() {
     a.classList.toggle("active", a.dataset.nav === section || (section === "run" && a.dataset.nav === "runs") || (section === "model" && a.dataset.nav === "models"));
   }
   hideTip();
+  const gen = ++routeGen;
   try {
     if (section === "runs") await runsView(params);
     else if (section === "run" && parts[1]) await runView(parts[1]);
@@ -486,9 +550,9 @@ async function route() {
     else if (section === "model" && parts[1]) await modelView(parts[1]);
     else if (section === "serving" && parts[1]) await servingView(parts[1]);
     else go("runs");
-    document.body.dataset.view = section;
+    if (gen === routeGen) document.body.dataset.view = section;
   } catch (e) {
-    fail(e);
+    if (gen === routeGen) fail(e);
   }
 }
 
