@@ -103,13 +103,8 @@ fn main() -> Result<()> {
     let new_data =
         Dataset::from_frame(kiln::data::scan(&exported.path, &Default::default())?.collect()?, "production")?;
     let new_holdout = month(1000, 3, true)?;
-    let (dir, metrics) = package(
-        &store,
-        "v2: this month's production traffic",
-        &[new_data.frame()],
-        &new_holdout,
-        &features,
-    )?;
+    let (dir, metrics) =
+        package(&store, "v2: this month's production traffic", &[new_data.frame()], &new_holdout, &features)?;
     // Champion and challenger judged on the same data: production's registered accuracy was
     // measured on last month's hold-out, so it is measured again on this month's.
     let production = registry.resolve(MODEL, "production")?;

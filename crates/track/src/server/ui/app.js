@@ -76,6 +76,11 @@ function duration(s) {
   return (s / 3600).toFixed(2) + " h";
 }
 
+// Hours since the epoch as "MM-DD HH:00" (UTC).
+function hourLabel(hours) {
+  return new Date(Math.round(hours) * 3.6e6).toISOString().slice(5, 13).replace("T", " ") + ":00";
+}
+
 function badge(status) {
   return h("span", { class: "badge " + status }, status);
 }
@@ -138,7 +143,7 @@ function extent(values, log) {
 
 // series: [{label, color, points: [[x, y], ...]}]
 function lineChart(series, opts) {
-  const o = Object.assign({ width: 640, height: 300, xLabel: "step", yLabel: "", log: false }, opts || {});
+  const o = Object.assign({ width: 640, height: 300, xLabel: "step", yLabel: "", log: false, xFormat: num }, opts || {});
   const m = { l: 62, r: 14, t: 12, b: 38 };
   const W = o.width, H = o.height, iw = W - m.l - m.r, ih = H - m.t - m.b;
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
@@ -155,8 +160,8 @@ function lineChart(series, opts) {
     root.append(svg("line", { class: "grid-line", x1: m.l, x2: W - m.r, y1: Y(t), y2: Y(t) }));
     root.append(svg("text", { x: m.l - 6, y: Y(t) + 4, "text-anchor": "end" }, num(t)));
   }
-  for (const t of ticks(x0, x1, 6)) {
-    root.append(svg("text", { x: X(t), y: H - m.b + 16, "text-anchor": "middle" }, num(t)));
+  for (const t of ticks(x0, x1, 6).filter((t) => !o.xInteger || Number.isInteger(t))) {
+    root.append(svg("text", { x: X(t), y: H - m.b + 16, "text-anchor": "middle" }, o.xFormat(t)));
   }
   root.append(svg("g", { class: "axis" },
     svg("line", { x1: m.l, x2: W - m.r, y1: m.t + ih, y2: m.t + ih }),
@@ -177,7 +182,7 @@ function lineChart(series, opts) {
       const xv = x0 + ((e.clientX - rect.left) * (W / rect.width) - m.l) / iw * (x1 - x0);
       let best = null;
       for (const p of s.points) if (!best || Math.abs(p[0] - xv) < Math.abs(best[0] - xv)) best = p;
-      if (best) showTip(e, `${s.label}: step ${best[0]}, ${num(best[1])}`);
+      if (best) showTip(e, `${s.label}: ${o.xLabel} ${o.xFormat(best[0])}, ${num(best[1])}`);
     });
     path.addEventListener("mouseleave", hideTip);
     root.append(path);
@@ -477,8 +482,8 @@ async function servingView(name) {
         h("td", { class: "num" }, v.accuracy === null ? "" : num(v.accuracy))))))
       : h("p", { class: "muted" }, "No predictions logged for this model yet (kiln serve logs them to the store)."),
     hours.length > 1 ? h("div", { class: "grid" },
-      h("div", { class: "card" }, h("h3", {}, "Predictions per hour"), lineChart([{ label: "predictions", points: hours.map((x) => [x.hour_ms / 3.6e6, x.predictions]) }], { xLabel: "hour (since epoch)", yLabel: "predictions" })),
-      h("div", { class: "card" }, h("h3", {}, "Online accuracy per hour"), lineChart([{ label: "accuracy", points: hours.filter((x) => x.accuracy !== null).map((x) => [x.hour_ms / 3.6e6, x.accuracy]) }], { xLabel: "hour (since epoch)", yLabel: "accuracy" }))) : null,
+      h("div", { class: "card" }, h("h3", {}, "Predictions per hour"), lineChart([{ label: "predictions", points: hours.map((x) => [x.hour_ms / 3.6e6, x.predictions]) }], { xLabel: "hour (UTC)", yLabel: "predictions", xFormat: hourLabel, xInteger: true })),
+      h("div", { class: "card" }, h("h3", {}, "Online accuracy per hour"), lineChart([{ label: "accuracy", points: hours.filter((x) => x.accuracy !== null).map((x) => [x.hour_ms / 3.6e6, x.accuracy]) }], { xLabel: "hour (UTC)", yLabel: "accuracy", xFormat: hourLabel, xInteger: true }))) : null,
     s.drift ? driftSection(s.drift) : null,
     total ? h("div", { class: "card" }, h("h3", {}, "Predicted labels"), h("table", {}, h("tbody", {}, Object.entries(s.labels).map(([l, n]) =>
       h("tr", {}, h("td", {}, l), h("td", { class: "num" }, n.toLocaleString("en")), h("td", {}, h("span", { class: "bar", style: `width:${(200 * n) / total}px` }))))))) : null);
