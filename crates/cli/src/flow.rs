@@ -141,7 +141,7 @@ fn argv(command: &toml::Value) -> std::result::Result<Vec<String>, String> {
                 .enumerate()
                 .map(|(i, v)| match v {
                     toml::Value::String(s) => Ok(s.clone()),
-                    other => Err(format!("command[{i}] is a {}; {EXPECTED}", other.type_str())),
+                    other => Err(format!("command[{i}] is {}; {EXPECTED}", a(other.type_str()))),
                 })
                 .collect::<std::result::Result<Vec<_>, _>>()?;
             if argv.is_empty() {
@@ -149,8 +149,13 @@ fn argv(command: &toml::Value) -> std::result::Result<Vec<String>, String> {
             }
             Ok(argv)
         }
-        other => Err(format!("command is a {}; {EXPECTED}", other.type_str())),
+        other => Err(format!("command is {}; {EXPECTED}", a(other.type_str()))),
     }
+}
+
+/// A TOML type name with its article ("an integer", "a boolean").
+fn a(kind: &str) -> String {
+    if kind.starts_with(['a', 'e', 'i', 'o', 'u']) { format!("an {kind}") } else { format!("a {kind}") }
 }
 
 /// The flow in `file` and its state directory.
@@ -242,5 +247,25 @@ pub fn run(command: FlowCommand) -> Result<ExitCode> {
             let stale = report.count(|o| !matches!(o, StageOutcome::Cached));
             Ok(if stale == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_STAGE) })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argv;
+
+    #[test]
+    fn a_command_is_a_shell_line_or_an_argv_of_strings() {
+        let shell = argv(&toml::Value::String("echo hi".into()));
+        assert_eq!(shell, Ok(vec!["sh".to_string(), "-c".to_string(), "echo hi".to_string()]));
+        let list: toml::Value = toml::from_str::<toml::Table>("c = [\"kiln\", \"train\"]").unwrap()["c"].clone();
+        assert_eq!(argv(&list), Ok(vec!["kiln".to_string(), "train".to_string()]));
+        let mixed: toml::Value = toml::from_str::<toml::Table>("c = [\"kiln\", 3]").unwrap()["c"].clone();
+        assert_eq!(
+            argv(&mixed).unwrap_err(),
+            "command[1] is an integer; expected a shell line (a string) or an argv (an array of strings)"
+        );
+        assert_eq!(argv(&toml::Value::Array(Vec::new())).unwrap_err(), "the command is empty");
+        assert!(argv(&toml::Value::Boolean(true)).unwrap_err().starts_with("command is a boolean;"));
     }
 }

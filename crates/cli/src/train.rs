@@ -877,4 +877,15 @@ mod tests {
         let err = resolve(&path, [], &["experiment.x=1".into()]).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("experiment is a string, not a table"), "{err}");
     }
+
+    #[test]
+    fn an_override_that_breaks_a_valid_config_is_named() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/configs/penguins.toml");
+        let env = [("KILN_TRAIN__TRAIN__EPOCHS".to_string(), "many".to_string())];
+        let err = resolve(&path, env, &[]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("environment variable KILN_TRAIN__TRAIN__EPOCHS (applied to "), "{err}");
+        let err = resolve(&path, [], &["train.epochs=-1".into()]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.starts_with("--set \"train.epochs=-1\" (applied to "), "{err}");
+        assert!(resolve(&path, [], &["train.epochs=2".into()]).is_ok());
+    }
 }

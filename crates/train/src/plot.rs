@@ -27,6 +27,20 @@ const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
 const FAMILY: &str = "sans-serif";
 const SIZE: (u32, u32) = (960, 600);
 
+/// Draws a chart's series legend at a position, in the style every plot here shares.
+macro_rules! legend {
+    ($chart:expr, $position:expr) => {
+        $chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font((FAMILY, 15))
+            .position($position)
+            .draw()
+            .map_err(e2s)?
+    };
+}
+
 /// One curve: `(x, y)` points in x order, and its legend label. Non-finite points are left out
 /// of the drawing and of the axis ranges.
 #[derive(Debug, Clone, PartialEq)]
@@ -162,14 +176,7 @@ impl Figure for Lines<'_> {
                         chart.draw_series(points.iter().map(|p| Circle::new(*p, 3, color.filled()))).map_err(e2s)?;
                     }
                 }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .label_font((FAMILY, 15))
-                    .position(SeriesLabelPosition::UpperRight)
-                    .draw()
-                    .map_err(e2s)?;
+                legend!(chart, SeriesLabelPosition::UpperRight);
             }};
         }
         if self.log_y {
@@ -320,14 +327,7 @@ impl Figure for Reliability<'_> {
             .label("model")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
         chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, RED.filled()))).map_err(e2s)?;
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, 15))
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(e2s)?;
+        legend!(chart, SeriesLabelPosition::UpperLeft);
         Ok(())
     }
 }
@@ -403,14 +403,7 @@ impl Figure for Histograms<'_> {
                 ))
                 .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], color.mix(0.5).filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font((FAMILY, 15))
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(e2s)?;
+        legend!(chart, SeriesLabelPosition::UpperRight);
         Ok(())
     }
 }
