@@ -58,6 +58,7 @@ mod device;
 mod error;
 mod eval;
 mod model;
+mod optim;
 mod package;
 pub mod plot;
 mod trainer;

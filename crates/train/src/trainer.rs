@@ -22,9 +22,99 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Best, LoopState};
 use crate::config::{ClassWeights, GradClip, MonitorMetric, OptimizerConfig, Precision, TrainConfig};
 use crate::model::{Model, ModelConfig};
+use crate::optim;
 use crate::{Device, Error, Result};
 
 static TRAINING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Adam's epsilon, as PyTorch's.
+const EPSILON: f32 = 1e-8;
+
+/// Runs `f` (a CPU training) on a worker of kiln's training thread pool and keeps the pool's
+/// other workers waiting for work, awake, until `f` returns.
+///
+/// burn's CPU backend splits each large matrix product over the current rayon pool. Called
+/// from a thread outside a pool, every such product parks the caller and wakes a worker, and
+/// between products the workers fall asleep: on the 512-wide MLP that was ~180 context
+/// switches per step, and the second core bought nothing. On a worker, a product's halves are
+/// shared by work stealing, and the other workers, spinning, take their half at once (as
+/// PyTorch's OpenMP threads do). A worker idle for 2 ms polls every 0.2 ms instead, so
+/// validation or a checkpoint write does not keep the cores busy.
+///
+/// The pool is kiln's own (`kiln-train-N` threads, as many as rayon's global pool would have,
+/// `RAYON_NUM_THREADS` included), built on first use: its spinning workers never pick up the
+/// caller's unrelated rayon jobs, and trainings take turns anyway. Without it (the threads
+/// could not be started) `f` runs on the calling thread. The caller's tracing span is entered
+/// on the worker.
+fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// How long a worker spins for the next piece of work before it polls more slowly (a
+    /// step's gaps between matrix products are well under this; validation or a checkpoint
+    /// write is not).
+    const SPIN_FOR: Duration = Duration::from_millis(2);
+    /// The slower poll. Not `yield_now`: on a VM, yielding hands the core to the hypervisor
+    /// and the next product's half is missed.
+    const POLL_EVERY: Duration = Duration::from_micros(200);
+
+    /// Releases the waiting workers however `f` ends (a panic included), so the scope can end.
+    struct Release<'a>(&'a AtomicBool);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
+    static POOL: OnceLock<Option<rayon::ThreadPool>> = OnceLock::new();
+    let pool = POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("kiln-train-{i}"))
+            .build()
+            .inspect_err(|e| tracing::warn!("no training thread pool ({e}); training on the calling thread"))
+            .ok()
+    });
+    let span = tracing::Span::current();
+    let Some(pool) = pool else {
+        let _entered = span.enter();
+        return f();
+    };
+    let done = &AtomicBool::new(false);
+    pool.install(|| {
+        rayon::scope(|scope| {
+            let trainer = rayon::current_thread_index();
+            for _ in 1..rayon::current_num_threads() {
+                scope.spawn(move |_| {
+                    // The training's own thread can pick this up while it waits inside a
+                    // product; waiting there for `done` would never end.
+                    if rayon::current_thread_index() == trainer {
+                        return;
+                    }
+                    let (mut idle_since, mut polls, mut slow) = (Instant::now(), 0u32, false);
+                    while !done.load(Ordering::Acquire) {
+                        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                            (idle_since, polls, slow) = (Instant::now(), 0, false);
+                            continue;
+                        }
+                        polls = polls.wrapping_add(1);
+                        if !slow && polls.is_multiple_of(64) {
+                            slow = idle_since.elapsed() >= SPIN_FOR;
+                        }
+                        if slow {
+                            std::thread::sleep(POLL_EVERY);
+                        } else {
+                            std::hint::spin_loop();
+                        }
+                    }
+                });
+            }
+            let _release = Release(done);
+            let _entered = span.enter();
+            f()
+        })
+    })
+}
 
 /// The exit status a training process should use when it stopped on a signal after writing a
 /// checkpoint (`EX_TEMPFAIL`): "run me again", which kiln-hpc's requeue logic recognises.
@@ -132,7 +222,10 @@ pub enum StopReason {
 ///
 /// `()` is no hooks; any `FnMut(&EpochReport)` closure is a `Hooks` that only watches epochs
 /// (annotate its argument: `&mut |e: &EpochReport| ...`).
-pub trait Hooks {
+///
+/// Hooks must be `Send`: CPU training runs on a worker thread of rayon's global pool (see
+/// [`train`]), so the hooks are called there, not on the thread that called `train`.
+pub trait Hooks: Send {
     /// After each optimiser step.
     fn on_step(&mut self, _step: &StepReport) -> ControlFlow<()> {
         ControlFlow::Continue(())
@@ -146,7 +239,7 @@ pub trait Hooks {
 /// No hooks: `train(.., &mut ())`.
 impl Hooks for () {}
 
-impl<F: FnMut(&EpochReport)> Hooks for F {
+impl<F: FnMut(&EpochReport) + Send> Hooks for F {
     fn on_epoch(&mut self, epoch: &EpochReport) -> ControlFlow<()> {
         self(epoch);
         ControlFlow::Continue(())
@@ -258,7 +351,7 @@ pub fn train(
     let _turn = TRAINING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     let job = Job { config, arch: model, train, val, weights, resolved: device };
     match (device, config.precision) {
-        (Device::Cpu, Precision::F32) => job.fit::<Autodiff<Flex>>(Default::default(), run, hooks),
+        (Device::Cpu, Precision::F32) => on_cpu_pool(|| job.fit_cpu(run, hooks)),
         (Device::Cpu, p) => Err(Error::Config(format!(
             "precision {p:?} needs a CUDA device; the CPU backend trains in f32 (set precision = \"f32\")"
         ))),
@@ -492,7 +585,7 @@ impl Job<'_> {
         run: Option<&mut Run>,
         hooks: &mut dyn Hooks,
     ) -> Result<Trained> {
-        let eps = 1e-8;
+        let eps = EPSILON;
         let decay = |wd: f64| (wd > 0.0).then(|| WeightDecayConfig::new(wd as f32));
         match &self.config.optimizer {
             OptimizerConfig::Sgd { momentum, nesterov, weight_decay } => {
@@ -524,6 +617,29 @@ impl Job<'_> {
                     .with_weight_decay(*weight_decay as f32)
                     .init::<B, Model<B>>();
                 self.fit_with(device, optim, run, hooks)
+            }
+        }
+    }
+
+    /// CPU training: Adam and AdamW update each parameter in one fused pass (crate::optim);
+    /// SGD is burn's.
+    fn fit_cpu(&self, run: Option<&mut Run>, hooks: &mut dyn Hooks) -> Result<Trained> {
+        type Cpu = Autodiff<Flex>;
+        let hyper = |beta_1: f64, beta_2: f64, weight_decay: f64| optim::Hyper {
+            beta_1: beta_1 as f32,
+            beta_2: beta_2 as f32,
+            epsilon: EPSILON,
+            weight_decay: weight_decay as f32,
+        };
+        match &self.config.optimizer {
+            OptimizerConfig::Sgd { .. } => self.fit::<Cpu>(Default::default(), run, hooks),
+            OptimizerConfig::Adam { beta_1, beta_2, weight_decay } => {
+                let optim = optim::FusedAdam::new(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
+                self.fit_with(Default::default(), optim, run, hooks)
+            }
+            OptimizerConfig::AdamW { beta_1, beta_2, weight_decay } => {
+                let optim = optim::FusedAdamW::new(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
+                self.fit_with(Default::default(), optim, run, hooks)
             }
         }
     }
@@ -1017,6 +1133,29 @@ mod tests {
         assert_eq!(best_class(&[0.4, 0.4, 0.2]), 0);
         assert_eq!(best_class(&[f32::NAN, 0.3, 0.7]), 2);
         assert_eq!(best_class(&[]), 0);
+    }
+
+    /// CPU training runs on kiln's pool, where rayon work is shared with the spinning workers;
+    /// a panic inside still releases them (or the scope would wait forever) and reaches the
+    /// caller, and the pool serves the next training.
+    #[test]
+    fn cpu_training_runs_on_the_training_pool_and_panics_reach_the_caller() {
+        let (name, threads) = on_cpu_pool(|| {
+            let name = std::thread::current().name().map(str::to_owned);
+            // A parallel loop from the training thread finishes with the workers spinning.
+            let sum: u64 = {
+                use rayon::prelude::*;
+                (0..100_000u64).into_par_iter().sum()
+            };
+            assert_eq!(sum, 4_999_950_000);
+            (name, rayon::current_num_threads())
+        });
+        assert!(name.as_deref().is_some_and(|n| n.starts_with("kiln-train-")), "{name:?}");
+        assert_eq!(threads, rayon::current_num_threads());
+        let caught = std::panic::catch_unwind(|| on_cpu_pool(|| panic!("inside the training")));
+        let message = caught.expect_err("the panic reaches the caller");
+        assert_eq!(message.downcast_ref::<&str>(), Some(&"inside the training"));
+        assert_eq!(on_cpu_pool(|| 7), 7);
     }
 
     fn gradients() -> (Model<Autodiff<Flex>>, GradientsParams) {
