@@ -8,20 +8,73 @@
 //! the same records as with burn's optimisers and load into either. A tensor the fast path
 //! cannot take (not `f32`, shapes that disagree) goes through burn's own implementation.
 
+use burn::backend::Autodiff;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{
-    Adam, AdamConfig, AdamState, AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, LearningRate, SimpleOptimizer,
+    Adam, AdamConfig, AdamState, AdamW, AdamWConfig, AdamWState, AdaptiveMomentumState, GradientsParams, LearningRate,
+    SimpleOptimizer,
 };
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, ElementConversion, Tensor, TensorPrimitive};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 /// Parameters at least this long are updated on several threads.
-const PARALLEL_MIN: usize = 1 << 16;
+const PARALLEL_MIN: usize = 1 << 15;
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
+
+/// The global L2 norm of the gradients, read straight from the CPU buffers (the generic way
+/// squares every gradient into a new tensor first). Deterministic: partial sums are added in
+/// a fixed order whatever the threads did.
+pub(crate) fn grad_norm(model: &crate::model::Model<Autodiff<Flex>>, grads: &GradientsParams) -> f64 {
+    struct SquaredNorm<'a> {
+        grads: &'a GradientsParams,
+        sum: f64,
+    }
+    impl ModuleVisitor<Autodiff<Flex>> for SquaredNorm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Autodiff<Flex>, D>>) {
+            let Some(g) = self.grads.get::<Flex, D>(param.id) else { return };
+            self.sum += if g.dtype() == DType::F32 {
+                squares(dense(g).storage::<f32>())
+            } else {
+                g.powi_scalar(2).sum().into_scalar().elem::<f64>()
+            };
+        }
+    }
+    let mut visitor = SquaredNorm { grads, sum: 0.0 };
+    model.visit(&mut visitor);
+    visitor.sum.sqrt()
+}
+
+/// Sum of squares, in f64 across chunks of `CHUNK` elements.
+fn squares(values: &[f32]) -> f64 {
+    fn chunk(c: &[f32]) -> f64 {
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                // Sixteen independent lanes, so the loop vectorises.
+                let mut lanes = [0f32; 16];
+                let mut rows = c.chunks_exact(16);
+                for row in &mut rows {
+                    for (lane, x) in lanes.iter_mut().zip(row) {
+                        *lane += x * x;
+                    }
+                }
+                let rest: f64 = rows.remainder().iter().map(|x| f64::from(x * x)).sum();
+                lanes.iter().map(|l| f64::from(*l)).sum::<f64>() + rest
+            },
+        )
+    }
+    if values.len() >= PARALLEL_MIN {
+        let partial: Vec<f64> = values.par_chunks(CHUNK).map(chunk).collect();
+        partial.iter().sum()
+    } else {
+        values.chunks(CHUNK).map(chunk).sum()
+    }
+}
 
 /// Adam's hyperparameters, shared by both variants.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -316,6 +369,36 @@ mod tests {
             assert_eq!(ma.time, mb.time);
             assert_close(&values(&ma.moment_1), &values(&mb.moment_1), "first moment");
             assert_close(&values(&ma.moment_2), &values(&mb.moment_2), "second moment");
+        }
+    }
+
+    /// The fused gradient norm agrees with squaring and summing each gradient with burn.
+    #[test]
+    fn gradient_norm_matches_the_generic_one() {
+        let device = Default::default();
+        for hidden in [[600, 300], [8, 4]] {
+            let model: crate::model::Model<Autodiff<Flex>> =
+                crate::model::ModelConfig::mlp(64, &hidden, 3).init(&device);
+            let x = Tensor::<Autodiff<Flex>, 2>::from_data(random([32, 64], 9).into_data(), &device);
+            let loss = model.forward(x).powi_scalar(2).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut expected = 0.0f64;
+            model.visit(&mut Expected { grads: &grads, sum: &mut expected });
+            let fused = grad_norm(&model, &grads);
+            assert!(fused > 0.0);
+            assert!((fused - expected.sqrt()).abs() <= 1e-5 * fused, "fused {fused}, burn {}", expected.sqrt());
+        }
+
+        struct Expected<'a> {
+            grads: &'a GradientsParams,
+            sum: &'a mut f64,
+        }
+        impl ModuleVisitor<Autodiff<Flex>> for Expected<'_> {
+            fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Autodiff<Flex>, D>>) {
+                if let Some(g) = self.grads.get::<Flex, D>(param.id) {
+                    *self.sum += g.powi_scalar(2).sum().into_scalar().elem::<f64>();
+                }
+            }
         }
     }
 

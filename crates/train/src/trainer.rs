@@ -452,6 +452,9 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SquaredNorm<'_, B> {
     }
 }
 
+/// How the loop computes the gradients' global norm (generic, or straight from CPU buffers).
+type GradNorm<B> = fn(&Model<B>, &GradientsParams) -> f64;
+
 /// The global L2 norm of the gradients (one device sync).
 fn grad_norm<B: AutodiffBackend>(model: &Model<B>, grads: &GradientsParams) -> f64 {
     let mut visitor = SquaredNorm::<B> { grads, sum: None };
@@ -598,7 +601,7 @@ impl Job<'_> {
                     .with_momentum(momentum)
                     .with_weight_decay(decay(*weight_decay))
                     .init::<B, Model<B>>();
-                self.fit_with(device, optim, run, hooks)
+                self.fit_with(device, optim, grad_norm::<B>, run, hooks)
             }
             OptimizerConfig::Adam { beta_1, beta_2, weight_decay } => {
                 let optim = AdamConfig::new()
@@ -607,7 +610,7 @@ impl Job<'_> {
                     .with_epsilon(eps)
                     .with_weight_decay(decay(*weight_decay))
                     .init::<B, Model<B>>();
-                self.fit_with(device, optim, run, hooks)
+                self.fit_with(device, optim, grad_norm::<B>, run, hooks)
             }
             OptimizerConfig::AdamW { beta_1, beta_2, weight_decay } => {
                 let optim = AdamWConfig::new()
@@ -616,7 +619,7 @@ impl Job<'_> {
                     .with_epsilon(eps)
                     .with_weight_decay(*weight_decay as f32)
                     .init::<B, Model<B>>();
-                self.fit_with(device, optim, run, hooks)
+                self.fit_with(device, optim, grad_norm::<B>, run, hooks)
             }
         }
     }
@@ -635,11 +638,11 @@ impl Job<'_> {
             OptimizerConfig::Sgd { .. } => self.fit::<Cpu>(Default::default(), run, hooks),
             OptimizerConfig::Adam { beta_1, beta_2, weight_decay } => {
                 let optim = optim::FusedAdam::new(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
-                self.fit_with(Default::default(), optim, run, hooks)
+                self.fit_with(Default::default(), optim, optim::grad_norm, run, hooks)
             }
             OptimizerConfig::AdamW { beta_1, beta_2, weight_decay } => {
                 let optim = optim::FusedAdamW::new(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
-                self.fit_with(Default::default(), optim, run, hooks)
+                self.fit_with(Default::default(), optim, optim::grad_norm, run, hooks)
             }
         }
     }
@@ -673,6 +676,7 @@ impl Job<'_> {
         &self,
         device: B::Device,
         mut optim: O,
+        norm: GradNorm<B>,
         mut run: Option<&mut Run>,
         hooks: &mut dyn Hooks,
     ) -> Result<Trained> {
@@ -813,7 +817,7 @@ impl Job<'_> {
                 let mut grads = grads_single.unwrap_or_else(|| accumulator.grads());
                 // A finite loss can still come with non-finite gradients (an activation that
                 // maps NaN to 0, say), which would poison the weights silently.
-                let norm = grad_norm(&model, &grads);
+                let norm = norm(&model, &grads);
                 if !norm.is_finite() {
                     bar.finish_and_clear();
                     return Err(Error::Diverged {
