@@ -80,40 +80,57 @@ fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         let _entered = span.enter();
         return f();
     };
-    let done = &AtomicBool::new(false);
-    pool.install(|| {
-        rayon::scope(|scope| {
-            let trainer = rayon::current_thread_index();
-            for _ in 1..rayon::current_num_threads() {
-                scope.spawn(move |_| {
-                    // The training's own thread can pick this up while it waits inside a
-                    // product; waiting there for `done` would never end.
-                    if rayon::current_thread_index() == trainer {
-                        return;
-                    }
-                    let (mut idle_since, mut polls, mut slow) = (Instant::now(), 0u32, false);
-                    while !done.load(Ordering::Acquire) {
-                        if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                            (idle_since, polls, slow) = (Instant::now(), 0, false);
-                            continue;
+    let run = || {
+        let done = &AtomicBool::new(false);
+        pool.install(|| {
+            rayon::scope(|scope| {
+                let trainer = rayon::current_thread_index();
+                for _ in 1..rayon::current_num_threads() {
+                    scope.spawn(move |_| {
+                        // The training's own thread can pick this up while it waits inside a
+                        // product; waiting there for `done` would never end. No other worker
+                        // can meet a spinner inside the training's work: the spinners are
+                        // queued before any of it, and a thief takes the oldest job first.
+                        if rayon::current_thread_index() == trainer {
+                            return;
                         }
-                        polls = polls.wrapping_add(1);
-                        if !slow && polls.is_multiple_of(64) {
-                            slow = idle_since.elapsed() >= SPIN_FOR;
+                        let (mut idle_since, mut polls, mut slow) = (Instant::now(), 0u32, false);
+                        while !done.load(Ordering::Acquire) {
+                            if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                                (idle_since, polls, slow) = (Instant::now(), 0, false);
+                                continue;
+                            }
+                            polls = polls.wrapping_add(1);
+                            if !slow && polls.is_multiple_of(64) {
+                                slow = idle_since.elapsed() >= SPIN_FOR;
+                            }
+                            if slow {
+                                std::thread::sleep(POLL_EVERY);
+                            } else {
+                                std::hint::spin_loop();
+                            }
                         }
-                        if slow {
-                            std::thread::sleep(POLL_EVERY);
-                        } else {
-                            std::hint::spin_loop();
-                        }
-                    }
-                });
-            }
-            let _release = Release(done);
-            let _entered = span.enter();
-            f()
+                    });
+                }
+                let _release = Release(done);
+                let _entered = span.enter();
+                f()
+            })
         })
-    })
+    };
+    // One call at a time: each call's waiting workers only know their own training thread,
+    // so two calls could each end up spinning inside the other's (`train` also takes turns).
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if rayon::current_thread_index().is_some() {
+        // Called from a rayon worker (a training inside a parallel loop): waiting in `install`
+        // there would run the worker's other jobs meanwhile, and one of them may call `train`
+        // and wait for the turn this thread holds. A plain thread waits without doing so.
+        return std::thread::scope(|threads| {
+            threads.spawn(run).join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+    }
+    run()
 }
 
 /// The exit status a training process should use when it stopped on a signal after writing a
@@ -223,8 +240,9 @@ pub enum StopReason {
 /// `()` is no hooks; any `FnMut(&EpochReport)` closure is a `Hooks` that only watches epochs
 /// (annotate its argument: `&mut |e: &EpochReport| ...`).
 ///
-/// Hooks must be `Send`: CPU training runs on a worker thread of rayon's global pool (see
-/// [`train`]), so the hooks are called there, not on the thread that called `train`.
+/// Hooks must be `Send`: CPU training runs on a thread of kiln-train's own thread pool
+/// (`kiln-train-N`; docs/training.md, "The CPU backend"), so the hooks are called there, not
+/// on the thread that called `train`.
 pub trait Hooks: Send {
     /// After each optimiser step.
     fn on_step(&mut self, _step: &StepReport) -> ControlFlow<()> {
@@ -1160,6 +1178,30 @@ mod tests {
         let message = caught.expect_err("the panic reaches the caller");
         assert_eq!(message.downcast_ref::<&str>(), Some(&"inside the training"));
         assert_eq!(on_cpu_pool(|| 7), 7);
+    }
+
+    /// Trainings started from inside a rayon parallel loop (each on a worker of the global
+    /// pool) take turns and all finish: a worker holding the turn waits for its training
+    /// without picking up a sibling that would wait for that same turn.
+    #[test]
+    fn trainings_inside_a_parallel_loop_take_turns_and_finish() {
+        use rayon::prelude::*;
+        let x = Array2::from_shape_fn((60, 4), |(r, c)| ((r * 7 + c * 3) % 11) as f32 / 11.0 + (r % 3) as f32);
+        let examples = Examples::new(x, (0..60).map(|r| r % 3).collect()).expect("examples");
+        let config =
+            TrainConfig { epochs: 2, batch_size: 16, device: crate::DeviceSpec::Cpu, ..TrainConfig::default() };
+        let model = ModelConfig::mlp(4, &[8], 3);
+        let losses: Vec<f64> = (0..4)
+            .into_par_iter()
+            .map(|_| {
+                let trained = train(&config, &model, &examples, None, None, &mut ()).expect("training");
+                *trained.step_losses.last().expect("a step")
+            })
+            .collect();
+        // (Not compared with each other: other unit tests draw from burn's process-wide
+        // generator while these run.)
+        assert_eq!(losses.len(), 4);
+        assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     }
 
     fn gradients() -> (Model<Autodiff<Flex>>, GradientsParams) {
