@@ -438,7 +438,23 @@ def main():
         doc = ROOT / "docs/benchmarks.md"
         s = doc.read_text()
         begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
-        if begin in s and end in s:
+        if begin in s and end in s and a.only:
+            # Some cases only: replace their rows, keep the others and the full run's header,
+            # and say under the table which rows are newer.
+            old = s[s.index(begin) + len(begin) : s.index(end)].strip("\n").split("\n")
+            fresh = {r["case"]: f"| {r['case']} ({r['who']}) | {r['kiln']} | {r['peer']} | {r['unit']} | {r['ratio']:.2f} | {r['same']} |" for r in rows}
+            kept, replaced = [], set()
+            for line in old:
+                if line.startswith("Rows re-measured"):
+                    continue
+                case = next((c for c in fresh if line.startswith(f"| {c} (")), None)
+                kept.append(fresh[case] if case else line)
+                if case:
+                    replaced.add(case)
+            kept += [fresh[c] for c in fresh if c not in replaced]
+            kept += ["", f"Rows re-measured {datetime.date.today()} with `benches/compare/run.sh {' '.join(a.only)}` ({a.rounds} rounds, {versions}): {', '.join(fresh)}."]
+            s = s[: s.index(begin) + len(begin)] + "\n" + "\n".join(kept) + "\n" + s[s.index(end) :]
+        elif begin in s and end in s:
             s = s[: s.index(begin) + len(begin)] + "\n" + text + "\n" + s[s.index(end) :]
         else:
             s += f"\n## Side by side with the peers\n\n{begin}\n{text}\n{end}\n"

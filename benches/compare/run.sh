@@ -6,7 +6,8 @@
 # Installs the peers (requirements.txt) in a venv under the target directory, builds kiln's
 # side (examples/compare.rs), runs every case (or those whose names contain CASE) alternately
 # after a warm-up, checks both sides did the same work, and writes the table into
-# docs/benchmarks.md. Never part of `cargo test`.
+# docs/benchmarks.md (with CASE filters, only those rows are replaced). Never part of
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/kiln-target}
