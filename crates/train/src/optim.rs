@@ -85,22 +85,56 @@ pub(crate) struct Hyper {
     pub weight_decay: f32,
 }
 
-/// Adam (L2 penalty added to the gradient, PyTorch's `Adam`), fused on `Flex`.
-#[derive(Clone)]
-pub(crate) struct FusedAdam {
-    hyper: Hyper,
-    burn: Adam,
+/// burn's Adam or AdamW, made fused on `Flex` by [`Fused`]: the state both keep, and which
+/// weight decay the update applies.
+pub(crate) trait Variant: SimpleOptimizer<Flex> {
+    /// AdamW's decoupled weight decay (else Adam's L2 penalty added to the gradient).
+    const DECOUPLED: bool;
+    /// The moments inside this optimiser's state.
+    fn moments<const D: usize>(state: &Self::State<D>) -> &AdaptiveMomentumState<Flex, D>;
+    /// Takes the moments out of a state.
+    fn into_moments<const D: usize>(state: Self::State<D>) -> AdaptiveMomentumState<Flex, D>;
+    /// Wraps moments as this optimiser's state.
+    fn state<const D: usize>(moments: AdaptiveMomentumState<Flex, D>) -> Self::State<D>;
 }
 
-/// AdamW (decoupled weight decay, PyTorch's `AdamW`), fused on `Flex`.
-#[derive(Clone)]
-pub(crate) struct FusedAdamW {
-    hyper: Hyper,
-    burn: AdamW,
+impl Variant for Adam {
+    const DECOUPLED: bool = false;
+    fn moments<const D: usize>(state: &AdamState<Flex, D>) -> &AdaptiveMomentumState<Flex, D> {
+        &state.momentum
+    }
+    fn into_moments<const D: usize>(state: AdamState<Flex, D>) -> AdaptiveMomentumState<Flex, D> {
+        state.momentum
+    }
+    fn state<const D: usize>(moments: AdaptiveMomentumState<Flex, D>) -> AdamState<Flex, D> {
+        AdamState::new(moments)
+    }
 }
 
-impl FusedAdam {
-    pub(crate) fn new(hyper: Hyper) -> Self {
+impl Variant for AdamW {
+    const DECOUPLED: bool = true;
+    fn moments<const D: usize>(state: &AdamWState<Flex, D>) -> &AdaptiveMomentumState<Flex, D> {
+        &state.momentum
+    }
+    fn into_moments<const D: usize>(state: AdamWState<Flex, D>) -> AdaptiveMomentumState<Flex, D> {
+        state.momentum
+    }
+    fn state<const D: usize>(moments: AdaptiveMomentumState<Flex, D>) -> AdamWState<Flex, D> {
+        AdamWState::new(moments)
+    }
+}
+
+/// Adam (`Fused<Adam>`, L2 penalty added to the gradient, PyTorch's `Adam`) or AdamW
+/// (`Fused<AdamW>`, decoupled weight decay, PyTorch's `AdamW`), fused on `Flex`. Keeps burn's
+/// optimiser for the tensors the fast path does not take.
+#[derive(Clone)]
+pub(crate) struct Fused<O> {
+    hyper: Hyper,
+    burn: O,
+}
+
+impl Fused<Adam> {
+    pub(crate) fn adam(hyper: Hyper) -> Self {
         let decay = (hyper.weight_decay > 0.0).then(|| WeightDecayConfig::new(hyper.weight_decay));
         let burn = AdamConfig::new()
             .with_beta_1(hyper.beta_1)
@@ -110,18 +144,10 @@ impl FusedAdam {
             .build();
         Self { hyper, burn }
     }
-
-    pub(crate) fn init<B, M>(self) -> OptimizerAdaptor<Self, M, B>
-    where
-        B: AutodiffBackend<InnerBackend = Flex>,
-        M: burn::module::AutodiffModule<B>,
-    {
-        OptimizerAdaptor::from(self)
-    }
 }
 
-impl FusedAdamW {
-    pub(crate) fn new(hyper: Hyper) -> Self {
+impl Fused<AdamW> {
+    pub(crate) fn adamw(hyper: Hyper) -> Self {
         let burn = AdamWConfig::new()
             .with_beta_1(hyper.beta_1)
             .with_beta_2(hyper.beta_2)
@@ -130,7 +156,10 @@ impl FusedAdamW {
             .build();
         Self { hyper, burn }
     }
+}
 
+impl<O: Variant> Fused<O> {
+    /// As a burn `Optimizer` for a model on `Autodiff<Flex>`.
     pub(crate) fn init<B, M>(self) -> OptimizerAdaptor<Self, M, B>
     where
         B: AutodiffBackend<InnerBackend = Flex>,
@@ -140,8 +169,8 @@ impl FusedAdamW {
     }
 }
 
-impl SimpleOptimizer<Flex> for FusedAdam {
-    type State<const D: usize> = AdamState<Flex, D>;
+impl<O: Variant> SimpleOptimizer<Flex> for Fused<O> {
+    type State<const D: usize> = O::State<D>;
 
     fn step<const D: usize>(
         &self,
@@ -150,37 +179,15 @@ impl SimpleOptimizer<Flex> for FusedAdam {
         grad: Tensor<Flex, D>,
         state: Option<Self::State<D>>,
     ) -> (Tensor<Flex, D>, Option<Self::State<D>>) {
-        if !fusable(&tensor, &grad, state.as_ref().map(|s| &s.momentum)) {
+        if !fusable(&tensor, &grad, state.as_ref().map(O::moments)) {
             return self.burn.step(lr, tensor, grad, state);
         }
-        let (tensor, momentum) = fused_step(lr, tensor, grad, state.map(|s| s.momentum), self.hyper, false);
-        (tensor, Some(AdamState::new(momentum)))
+        let (tensor, moments) = fused_step(lr, tensor, grad, state.map(O::into_moments), self.hyper, O::DECOUPLED);
+        (tensor, Some(O::state(moments)))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &burn_flex::FlexDevice) -> Self::State<D> {
-        <Adam as SimpleOptimizer<Flex>>::to_device(state, device)
-    }
-}
-
-impl SimpleOptimizer<Flex> for FusedAdamW {
-    type State<const D: usize> = AdamWState<Flex, D>;
-
-    fn step<const D: usize>(
-        &self,
-        lr: LearningRate,
-        tensor: Tensor<Flex, D>,
-        grad: Tensor<Flex, D>,
-        state: Option<Self::State<D>>,
-    ) -> (Tensor<Flex, D>, Option<Self::State<D>>) {
-        if !fusable(&tensor, &grad, state.as_ref().map(|s| &s.momentum)) {
-            return self.burn.step(lr, tensor, grad, state);
-        }
-        let (tensor, momentum) = fused_step(lr, tensor, grad, state.map(|s| s.momentum), self.hyper, true);
-        (tensor, Some(AdamWState::new(momentum)))
-    }
-
-    fn to_device<const D: usize>(state: Self::State<D>, device: &burn_flex::FlexDevice) -> Self::State<D> {
-        <AdamW as SimpleOptimizer<Flex>>::to_device(state, device)
+        O::to_device(state, device)
     }
 }
 
@@ -327,33 +334,11 @@ mod tests {
         }
     }
 
-    /// The moments inside either state type.
-    trait Moments {
-        fn moments(self) -> AdaptiveMomentumState<Flex, 2>;
-    }
-
-    impl Moments for AdamState<Flex, 2> {
-        fn moments(self) -> AdaptiveMomentumState<Flex, 2> {
-            self.momentum
-        }
-    }
-
-    impl Moments for AdamWState<Flex, 2> {
-        fn moments(self) -> AdaptiveMomentumState<Flex, 2> {
-            self.momentum
-        }
-    }
-
     /// Ten steps of the fused optimiser and of burn's, from the same parameter and gradients,
     /// agree element by element, moments and step count included. Large enough to take the
     /// parallel path, and once more small enough for the serial one.
-    fn agrees_with_burn<F, O>(fused: &F, burn: &O)
-    where
-        F: SimpleOptimizer<Flex>,
-        O: SimpleOptimizer<Flex>,
-        F::State<2>: Moments,
-        O::State<2>: Moments,
-    {
+    fn agrees_with_burn<O: Variant>(fused: &Fused<O>) {
+        let burn = &fused.burn;
         for shape in [[512, 300], [7, 5]] {
             let (mut a, mut b) = (random(shape, 1), random(shape, 1));
             let (mut sa, mut sb) = (None, None);
@@ -364,7 +349,7 @@ mod tests {
                 (b, sb) = burn.step(lr, b, grad, sb);
             }
             assert_close(&values(&a), &values(&b), "parameter");
-            let (ma, mb) = (sa.expect("state").moments(), sb.expect("state").moments());
+            let (ma, mb) = (O::into_moments(sa.expect("state")), O::into_moments(sb.expect("state")));
             assert_eq!(ma.time, 10);
             assert_eq!(ma.time, mb.time);
             assert_close(&values(&ma.moment_1), &values(&mb.moment_1), "first moment");
@@ -406,16 +391,13 @@ mod tests {
 
     #[test]
     fn fused_adam_matches_burns_adam() {
-        let fused = FusedAdam::new(HYPER);
-        agrees_with_burn(&fused, &fused.burn.clone());
-        let plain = FusedAdam::new(Hyper { weight_decay: 0.0, ..HYPER });
-        agrees_with_burn(&plain, &plain.burn.clone());
+        agrees_with_burn(&Fused::adam(HYPER));
+        agrees_with_burn(&Fused::adam(Hyper { weight_decay: 0.0, ..HYPER }));
     }
 
     #[test]
     fn fused_adamw_matches_burns_adamw() {
-        let fused = FusedAdamW::new(HYPER);
-        agrees_with_burn(&fused, &fused.burn.clone());
+        agrees_with_burn(&Fused::adamw(HYPER));
     }
 
     /// A parameter whose buffer is shared (a clone kept elsewhere) is copied, not written
@@ -425,7 +407,7 @@ mod tests {
         let p = Tensor::<Flex, 2>::from_data(TensorData::new(vec![1.0f32; 6], [2, 3]), &Default::default());
         let kept = p.clone();
         let grad = Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.5f32; 6], [2, 3]), &Default::default());
-        let (updated, _) = FusedAdam::new(HYPER).step(0.1, p, grad, None);
+        let (updated, _) = Fused::adam(HYPER).step(0.1, p, grad, None);
         assert_eq!(values(&kept), vec![1.0; 6]);
         assert!(values(&updated).iter().all(|v| *v < 1.0));
     }
@@ -437,7 +419,7 @@ mod tests {
         let g_t = Tensor::<Flex, 2>::from_data(TensorData::new(data, [3, 2]), &Default::default()).transpose();
         let g = Tensor::<Flex, 2>::from_data(g_t.to_data(), &Default::default());
         let p = || Tensor::<Flex, 2>::from_data(TensorData::new(vec![0.3f32; 6], [2, 3]), &Default::default());
-        let optim = FusedAdam::new(HYPER);
+        let optim = Fused::adam(HYPER);
         let (a, _) = optim.step(0.1, p(), g_t, None);
         let (b, _) = optim.step(0.1, p(), g, None);
         assert_eq!(values(&a), values(&b));

@@ -655,11 +655,11 @@ impl Job<'_> {
         match &self.config.optimizer {
             OptimizerConfig::Sgd { .. } => self.fit::<Cpu>(Default::default(), run, hooks),
             OptimizerConfig::Adam { beta_1, beta_2, weight_decay } => {
-                let optim = optim::FusedAdam::new(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
+                let optim = optim::Fused::adam(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
                 self.fit_with(Default::default(), optim, optim::grad_norm, run, hooks)
             }
             OptimizerConfig::AdamW { beta_1, beta_2, weight_decay } => {
-                let optim = optim::FusedAdamW::new(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
+                let optim = optim::Fused::adamw(hyper(*beta_1, *beta_2, *weight_decay)).init::<Cpu, Model<Cpu>>();
                 self.fit_with(Default::default(), optim, optim::grad_norm, run, hooks)
             }
         }
