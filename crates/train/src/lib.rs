@@ -54,6 +54,7 @@
 
 pub mod checkpoint;
 mod config;
+mod dense;
 mod device;
 mod error;
 mod eval;
@@ -63,9 +64,6 @@ mod package;
 pub mod plot;
 mod trainer;
 pub mod tune;
-
-// Linked only for its `x86-v4` feature, which gives burn-flex's matrix products AVX-512 kernels.
-use gemm as _;
 
 pub use checkpoint::{CheckpointInfo, best_checkpoints, latest_checkpoint};
 pub use config::{

@@ -6,6 +6,7 @@
 //! `pixel_r_c` columns) and rearranges it to burn's `[batch, channels, height, width]` itself,
 //! so packages, serving and preprocessing see the same flat rows for every model kind.
 
+use crate::dense::dense;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -41,6 +42,14 @@ impl Activation {
             Self::Gelu => activation::gelu(x),
             Self::Tanh => activation::tanh(x),
             Self::LeakyRelu => activation::leaky_relu(x, 0.01),
+        }
+    }
+
+    /// The activation of a dense layer's output, fused with the layer where it can be.
+    fn after<B: Backend>(self, layer: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match self {
+            Self::Relu => dense(layer, x, true),
+            _ => self.apply(dense(layer, x, false)),
         }
     }
 }
@@ -374,13 +383,13 @@ impl<B: Backend> Mlp<B> {
     /// Logits for a batch `[rows, inputs]`.
     pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
         for (i, layer) in self.hidden.iter().enumerate() {
-            x = layer.forward(x);
-            if let Some(norm) = self.norms.get(i) {
-                x = norm.forward(x);
-            }
-            x = self.dropout.forward(self.activation.apply(x));
+            x = match self.norms.get(i) {
+                Some(norm) => self.activation.apply(norm.forward(dense(layer, x, false))),
+                None => self.activation.after(layer, x),
+            };
+            x = self.dropout.forward(x);
         }
-        self.output.forward(x)
+        dense(&self.output, x, false)
     }
 }
 
@@ -429,9 +438,9 @@ impl<B: Backend> Cnn<B> {
             CnnHead::Flatten => maps.flatten(1, 3),
         };
         for layer in &self.dense {
-            v = self.activation.apply(layer.forward(self.dropout.forward(v)));
+            v = self.activation.after(layer, self.dropout.forward(v));
         }
-        self.output.forward(self.dropout.forward(v))
+        dense(&self.output, self.dropout.forward(v), false)
     }
 }
 
