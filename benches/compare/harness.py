@@ -452,6 +452,8 @@ def main():
                 if case:
                     replaced.add(case)
             kept += [fresh[c] for c in fresh if c not in replaced]
+            while kept and not kept[-1].strip():
+                kept.pop()  # the blank line before an earlier note: one is added below
             kept += ["", f"Rows re-measured {datetime.date.today()} with `benches/compare/run.sh {' '.join(a.only)}` ({a.rounds} rounds, {versions}): {', '.join(fresh)}."]
             s = s[: s.index(begin) + len(begin)] + "\n" + "\n".join(kept) + "\n" + s[s.index(end) :]
         elif begin in s and end in s:

@@ -180,8 +180,19 @@ fn matrix<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
     FlexTensor::new(Bytes::from_elems(values), Layout::contiguous(Shape::new(shape)), DType::F32)
 }
 
-/// Splits `gemm` products over the current rayon pool (gemm keeps small ones on one thread).
-const PARALLEL: gemm::Parallelism = gemm::Parallelism::Rayon(0);
+/// How gemm may split an `m × k` by `k × n` product. On a rayon worker (a training runs on
+/// the training pool, whose threads spin between products) over the current pool, whatever
+/// the size (gemm itself keeps tiny ones on one thread). Elsewhere, as for a prediction on a
+/// server's thread, only from burn-flex's threshold of 192³ multiply-adds: below it, waking
+/// a sleeping pool costs more than it saves (a batch of 64 rows took 1.6× as long).
+fn parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    const ALONE_BELOW: usize = 192 * 192 * 192;
+    if rayon::current_thread_index().is_some() || m.saturating_mul(n).saturating_mul(k) >= ALONE_BELOW {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
+}
 
 /// `len` elements written by `fill`, which must write every element of the slice it is given
 /// (the callers below do; skipping the zeroing that `vec![0.0; len]` would do is the point).
@@ -236,6 +247,8 @@ fn product(dst: &mut [MaybeUninit<f32>], lhs: Operand<'_>, rhs: Operand<'_>) {
     if m * n * k == 0 {
         return;
     }
+    let (dst, lhs, rhs) = (dst.as_mut_ptr().cast::<f32>(), lhs.values.as_ptr(), rhs.values.as_ptr());
+    let (read_dst, alpha, beta, conj) = (false, 0.0, 1.0, false);
     // SAFETY: the asserts above bound every index gemm forms from these shapes and strides
     // inside the three slices; dst is borrowed mutably, so it aliases neither operand; gemm
     // does not read dst (`read_dst` is false), so it may be uninitialised.
@@ -243,23 +256,23 @@ fn product(dst: &mut [MaybeUninit<f32>], lhs: Operand<'_>, rhs: Operand<'_>) {
         gemm::gemm(
             m,
             n,
-            k, //
-            dst.as_mut_ptr().cast::<f32>(),
+            k,
+            dst,
             1,
             n as isize,
-            false, //
-            lhs.values.as_ptr(),
+            read_dst,
+            lhs,
             lhs_cs,
-            lhs_rs, //
-            rhs.values.as_ptr(),
+            lhs_rs,
+            rhs,
             rhs_cs,
-            rhs_rs, //
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            PARALLEL,
+            rhs_rs,
+            alpha,
+            beta,
+            conj,
+            conj,
+            conj,
+            parallelism(m, n, k),
         );
     }
 }
@@ -429,12 +442,11 @@ fn transpose_tile(w: &[f32], cols: usize, r0: usize, c0: usize, out: &mut [Maybe
         let start = (r0 + r) * cols + c0;
         line.copy_from_slice(&w[start..start + TILE]);
     }
-    for c in 0..TILE {
-        let start = c * rows + r0;
+    for (c, dst) in out.chunks_exact_mut(rows).take(TILE).enumerate() {
         let dst: &mut [MaybeUninit<f32>; TILE] =
-            (&mut out[start..start + TILE]).try_into().expect("a tile's row is TILE long");
-        for r in 0..TILE {
-            dst[r].write(tile[r][c]);
+            (&mut dst[r0..r0 + TILE]).try_into().expect("a tile's row is TILE long");
+        for (d, line) in dst.iter_mut().zip(&tile) {
+            d.write(line[c]);
         }
     }
 }
