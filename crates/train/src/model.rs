@@ -6,7 +6,6 @@
 //! `pixel_r_c` columns) and rearranges it to burn's `[batch, channels, height, width]` itself,
 //! so packages, serving and preprocessing see the same flat rows for every model kind.
 
-use crate::dense::dense;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{AdaptiveAvgPool2d, AdaptiveAvgPool2dConfig, MaxPool2d, MaxPool2dConfig};
@@ -18,6 +17,7 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
+use crate::dense::dense;
 use crate::{Error, Result};
 
 /// The non-linearity between layers.
