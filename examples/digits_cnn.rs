@@ -71,7 +71,7 @@ fn main() -> Result<()> {
                 e.epoch,
                 e.train_loss,
                 e.val_loss.unwrap_or(f64::NAN),
-                e.val_accuracy.unwrap_or(f64::NAN),
+                e.val_accuracy().unwrap_or(f64::NAN),
                 rows / e.seconds
             );
         })?;

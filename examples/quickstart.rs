@@ -106,9 +106,9 @@ fn main() -> Result<()> {
             "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  ({:.2}s)",
             e.epoch,
             e.train_loss,
-            e.train_accuracy,
+            e.train_accuracy().unwrap_or(f64::NAN),
             e.val_loss.unwrap_or(f64::NAN),
-            e.val_accuracy.unwrap_or(f64::NAN),
+            e.val_accuracy().unwrap_or(f64::NAN),
             e.seconds
         );
     })?;

@@ -16,7 +16,7 @@ pub fn best_val_loss(
     train_set: &Examples,
     val_set: &Examples,
 ) -> kiln::train::Result<f64> {
-    let mut hooks = PruneTraining::new(trial, MonitorMetric::ValLoss);
+    let mut hooks = PruneTraining::new(trial, MonitorMetric::VAL_LOSS);
     let trained = train(config, model, train_set, Some(val_set), None, &mut hooks)?;
     hooks.finish()?;
     Ok(trained.history.iter().filter_map(|e| e.val_loss).fold(f64::INFINITY, f64::min))

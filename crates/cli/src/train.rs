@@ -20,8 +20,8 @@ use kiln_train::tune::{
     Direction, ParamSpec, PrunerConfig, SamplerConfig, SearchSpace, Study, StudyConfig, Tracking, Trial,
 };
 use kiln_train::{
-    EpochReport, EvalReport, Examples, Hooks, Lineage, ModelConfig, ModelPackage, MonitorMetric, PackageSpec,
-    PromotionGate, TrainConfig,
+    EpochReport, EvalReport, Examples, Hooks, Lineage, Mode, ModelConfig, ModelPackage, Monitor, MonitorMetric,
+    PackageSpec, PromotionGate, TrainConfig,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -516,15 +516,12 @@ struct TrialHooks<'t> {
 impl Hooks for TrialHooks<'_> {
     fn on_epoch(&mut self, e: &EpochReport) -> std::ops::ControlFlow<()> {
         use std::ops::ControlFlow;
-        let value = match self.metric {
-            MonitorMetric::ValAccuracy => e.val_accuracy,
-            _ => e.val_loss,
-        };
+        let value = e.metric(self.metric.name());
         let step = e.epoch as u64;
         if let Some(run) = self.trial.run() {
-            let mut values = vec![("train_loss", e.train_loss), ("train_accuracy", e.train_accuracy)];
+            let mut values = vec![("train_loss", e.train_loss)];
             values.extend(e.val_loss.map(|v| ("val_loss", v)));
-            values.extend(e.val_accuracy.map(|v| ("val_accuracy", v)));
+            values.extend(e.metrics.iter().map(|(k, v)| (k.as_str(), *v)));
             if let Err(err) = run.log_metrics(step, &values) {
                 self.error = Some(err.into());
                 return ControlFlow::Break(());
@@ -565,8 +562,8 @@ fn sweep_worker(
     }
     study.set_tracking(Some(tracking));
     let metric = match sweep.objective {
-        Objective::ValLoss => MonitorMetric::ValLoss,
-        Objective::ValAccuracy => MonitorMetric::ValAccuracy,
+        Objective::ValLoss => MonitorMetric::VAL_LOSS,
+        Objective::ValAccuracy => MonitorMetric::VAL_ACCURACY,
     };
     // Preparing the data again only when a trial changes [data] or [preprocess].
     let mut cache: Option<(String, Prepared)> = None;
@@ -585,7 +582,7 @@ fn sweep_worker(
         let Some((_, prepared)) = cache.as_ref() else { bail!("no prepared data") };
         let model = model_config(&trial_recipe.model, prepared.fitted.width(), prepared.encoder.len(), &args.config)?;
         let number = trial.number();
-        let mut hooks = TrialHooks { trial, metric, pruned: false, error: None };
+        let mut hooks = TrialHooks { trial, metric: metric.clone(), pruned: false, error: None };
         let trained = kiln_train::train(
             &trial_recipe.train,
             &model,
@@ -600,13 +597,10 @@ fn sweep_worker(
         if hooks.pruned {
             return Err(hooks.trial.pruned().into());
         }
-        let values = trained.history.iter().filter_map(|e| match metric {
-            MonitorMetric::ValAccuracy => e.val_accuracy,
-            _ => e.val_loss,
-        });
-        let best = match metric {
-            MonitorMetric::ValAccuracy => values.fold(f64::NEG_INFINITY, f64::max),
-            _ => values.fold(f64::INFINITY, f64::min),
+        let values = trained.history.iter().filter_map(|e| e.metric(metric.name()));
+        let best = match Monitor::new(metric.clone()).mode() {
+            Mode::Max => values.fold(f64::NEG_INFINITY, f64::max),
+            Mode::Min => values.fold(f64::INFINITY, f64::min),
         };
         if !best.is_finite() {
             anyhow::bail!(
@@ -732,16 +726,22 @@ fn train(
                         "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  ({:.2}s)\n",
                         e.epoch,
                         e.train_loss,
-                        e.train_accuracy,
+                        e.train_accuracy().unwrap_or(f64::NAN),
                         e.val_loss.unwrap_or(f64::NAN),
-                        e.val_accuracy.unwrap_or(f64::NAN),
+                        e.val_accuracy().unwrap_or(f64::NAN),
                         e.seconds
                     ),
                 );
             }
         };
-        let trained =
-            kiln_train::train(&recipe.train, &model, &train_set, Some(&val_set), Some(&mut run), &mut report_epoch)?;
+        let trained = kiln_train::train(
+            &recipe.train,
+            &model,
+            &train_set,
+            Some(&val_set),
+            Some(&mut run as &mut dyn kiln_track::Tracker),
+            &mut report_epoch,
+        )?;
         let classifier = trained.classifier()?;
         let probabilities = classifier.predict_proba(test_set.x.view())?.mapv(f64::from);
         let evaluation = EvalReport::compute(&test_set.y, probabilities.view(), &encoder.classes)?;

@@ -83,6 +83,16 @@ pub enum Error {
     /// Input whose shape does not match what a fitted transform was fitted on.
     #[error("shape mismatch: {0}")]
     Shape(String),
+    /// An item of a [`crate::Source`] could not be decoded.
+    #[error("{source_name}: item {index}: {message}")]
+    Item {
+        /// The source's name (a path, or what the data is).
+        source_name: String,
+        /// The 0-based item index.
+        index: usize,
+        /// What went wrong.
+        message: String,
+    },
     /// An error reported by Polars outside CSV parsing.
     #[error("polars: {0}")]
     Polars(#[from] polars::prelude::PolarsError),

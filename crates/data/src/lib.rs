@@ -12,6 +12,11 @@
 //! Evidently's tests and defaults (Kolmogorov–Smirnov, chi-square, Z, Wasserstein,
 //! Jensen–Shannon, PSI), for monitoring served models.
 //!
+//! [`Source`] and [`Loader`] feed training loops item by item: a source decodes item `i` (a row,
+//! an image, a window of an array on disk) with a per-item generator for augmentation, and a
+//! loader cuts epochs into batches in a seeded [`Order`], decoding ahead on worker threads yet
+//! handing batches over in order, so results do not depend on the number of workers.
+//!
 //! kiln-data depends on no other kiln crate. kiln-train turns its matrices into tensors, and
 //! kiln-serve uses [`Schema::check_row`] to hold requests to the training schema.
 //!
@@ -42,6 +47,7 @@ pub mod pipeline;
 mod preprocess;
 pub mod profile;
 mod rng;
+pub mod source;
 mod split;
 mod stats;
 mod synthetic;
@@ -58,6 +64,7 @@ pub use pipeline::{FittedPipeline, Pipeline, TrainSplit};
 pub use preprocess::{LabelEncoder, StandardScaler};
 pub use profile::{DatasetProfile, ProfileOptions};
 pub use rng::SplitMix64;
+pub use source::{Batch, Batches, FnSource, Loader, Order, Row, Rows, Source, Target, from_fn, item_rng};
 pub use split::{
     Fold, Split, SplitFractions, group_split, k_fold, random_split, stratified_k_fold, stratified_split, time_split,
 };

@@ -653,6 +653,20 @@ impl RemoteRun {
         self.merge_params("", to_value(params)?)
     }
 
+    /// Sets every field of a serializable value as a parameter, replacing earlier values (a
+    /// resumed run whose adjustable settings changed).
+    pub fn overwrite_params(&mut self, params: &impl Serialize) -> Result<()> {
+        // Earlier params go in their own batch: the flag applies to a whole batch.
+        self.send()?;
+        let flat = checked_params(&self.params, "", to_value(params)?, true)?;
+        self.params.extend(flat.clone());
+        self.pending.params.extend(flat);
+        self.pending.overwrite_params = true;
+        let sent = self.send();
+        self.pending.overwrite_params = false;
+        sent
+    }
+
     fn merge_params(&mut self, prefix: &str, value: serde_json::Value) -> Result<()> {
         let flat = checked_params(&self.params, prefix, value, false)?;
         self.params.extend(flat.clone());
@@ -961,5 +975,31 @@ impl Uplink {
             ),
         }
         self.error.take().map_or(Ok(()), Err)
+    }
+}
+
+impl crate::Tracker for RemoteRun {
+    fn run_id(&self) -> &str {
+        self.id()
+    }
+
+    fn set_params(&mut self, params: serde_json::Value, overwrite: bool) -> Result<()> {
+        if overwrite { self.overwrite_params(&params) } else { self.log_params(&params) }
+    }
+
+    fn set_tag(&mut self, key: &str, value: &str) -> Result<()> {
+        RemoteRun::set_tag(self, key, value)
+    }
+
+    fn log_metric(&mut self, key: &str, step: u64, value: f64) -> Result<()> {
+        RemoteRun::log_metric(self, key, step, value)
+    }
+
+    fn log_artifact_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        RemoteRun::log_artifact_bytes(self, name, bytes)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        RemoteRun::flush(self)
     }
 }

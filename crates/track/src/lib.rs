@@ -31,6 +31,8 @@
 //!   node, spooling to a local store when the server cannot be reached. See
 //!   docs/tracking-server.md.
 //!
+//! [`Tracker`] is what both kinds of run have in common, for code that logs to either.
+//!
 //! kiln-track depends on no other kiln crate; kiln-train logs to it, kiln-serve loads models
 //! from its registry.
 //!
@@ -73,6 +75,7 @@ mod serving;
 mod sql;
 mod store;
 mod sync;
+mod tracker;
 mod writer;
 
 pub use artifacts::{Artifact, ArtifactFile, ArtifactKind};
@@ -85,6 +88,7 @@ pub use run::{DatasetInput, HEARTBEAT_STALE_MS, Heartbeat, MetricPoint, Run, Run
 pub use serving::{FeedbackRecord, PredictionRecord, SERVING_TABLES};
 pub use store::{FORMAT_VERSION, RunBuilder, STORE_ENV, Store};
 pub use sync::SyncReport;
+pub use tracker::Tracker;
 
 /// The crash-safety primitives the store is built on, for other kiln crates that keep files
 /// on the same shared file systems (checkpoints, packages).

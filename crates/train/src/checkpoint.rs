@@ -6,8 +6,10 @@
 //! <dir>/step-0000000120/         one checkpoint, named by optimiser step
 //!     model.mpk                  weights (burn named MessagePack, full precision)
 //!     optimizer.mpk              optimiser state (moments, momentum buffers)
-//!     state.json                 loop position, loss history, early-stopping state, configs,
-//!                                data digest, BLAKE3 of the two files above
+//!     state.json                 loop position, the epoch's running sums, loss history,
+//!                                early-stopping state, the training config, the task's
+//!                                description, the data's fingerprint, BLAKE3 of the two
+//!                                files above
 //! <dir>/best-epoch-0005.mpk      weights of the best epoch so far
 //! ```
 //!
@@ -16,22 +18,28 @@
 //! point leaves the previous checkpoint readable, and a `step-*` directory that exists is
 //! complete. If the index is lost, the highest complete `step-*` directory is used.
 //!
-//! Nothing random needs saving: the batch order of epoch `e` and the dropout masks of each
-//! batch are derived from the seed, the epoch and the batch index, and the learning rate is a
-//! function of the step.
+//! Nothing random needs saving: the batch order of epoch `e`, each item's augmentation
+//! generator and the dropout masks of each batch are derived from the seed, the epoch and the
+//! batch or item index, and the learning rate is a function of the step.
+//!
+//! Format 2 (this version) stores the task's description and the epoch's named sums, so it
+//! serves any [`Task`](crate::Task); format-1 checkpoints (kiln before the task seam) are
+//! refused with a message naming the file.
 
 use std::path::{Path, PathBuf};
 
 use kiln_track::durable::{sync_dir, unique_tmp, write_atomic};
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeMap;
+
 use crate::config::{Mode, TrainConfig};
-use crate::model::ModelConfig;
+use crate::task::Totals;
 use crate::trainer::EpochReport;
 use crate::{Error, Result};
 
 /// The checkpoint state format this version writes and reads.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
 const INDEX_FILE: &str = "checkpoints.json";
 const STATE_FILE: &str = "state.json";
 const MODEL_FILE: &str = "model.mpk";
@@ -56,10 +64,12 @@ pub(crate) struct LoopState {
     pub epoch: usize,
     /// Batches of that epoch already consumed.
     pub batch: usize,
+    /// Rows of the epoch's consumed batches.
+    pub epoch_rows: usize,
     /// Sum of batch loss × rows over the epoch's consumed batches.
     pub epoch_loss_sum: f64,
-    /// Correct training predictions over the epoch's consumed batches.
-    pub epoch_correct: usize,
+    /// The task's named sums over the epoch's consumed batches.
+    pub epoch_sums: BTreeMap<String, f64>,
     /// Training wall time of the epoch before this checkpoint.
     pub epoch_seconds: f64,
     /// Mean training loss of every optimiser step so far.
@@ -72,22 +82,24 @@ pub(crate) struct LoopState {
     /// The tracking run that logged the steps so far.
     pub run_id: Option<String>,
     pub train_config: TrainConfig,
-    pub model: ModelConfig,
-    /// BLAKE3 of the training and validation rows.
+    /// The task's description ([`crate::Task::describe`]).
+    pub task: serde_json::Value,
+    /// The fingerprint of the training and validation sources.
     pub data_digest: String,
     pub model_blake3: String,
     pub optimizer_blake3: String,
 }
 
 impl LoopState {
-    pub fn fresh(config: &TrainConfig, model: &ModelConfig, data_digest: String) -> Self {
+    pub fn fresh(config: &TrainConfig, task: serde_json::Value, data_digest: String) -> Self {
         Self {
             format_version: CHECKPOINT_FORMAT_VERSION,
             step: 0,
             epoch: 1,
             batch: 0,
+            epoch_rows: 0,
             epoch_loss_sum: 0.0,
-            epoch_correct: 0,
+            epoch_sums: BTreeMap::new(),
             epoch_seconds: 0.0,
             step_losses: Vec::new(),
             history: Vec::new(),
@@ -95,11 +107,30 @@ impl LoopState {
             since_best: 0,
             run_id: None,
             train_config: config.clone(),
-            model: model.clone(),
+            task,
             data_digest,
             model_blake3: String::new(),
             optimizer_blake3: String::new(),
         }
+    }
+}
+
+impl LoopState {
+    /// The running totals of the epoch in progress.
+    pub fn epoch_totals(&self) -> Totals {
+        Totals {
+            rows: self.epoch_rows,
+            loss_sum: self.epoch_loss_sum,
+            sums: self.epoch_sums.clone(),
+            values: BTreeMap::new(),
+        }
+    }
+
+    /// Records the running totals of the epoch in progress.
+    pub fn set_epoch_totals(&mut self, totals: &Totals) {
+        self.epoch_rows = totals.rows;
+        self.epoch_loss_sum = totals.loss_sum;
+        self.epoch_sums.clone_from(&totals.sums);
     }
 }
 
@@ -166,11 +197,17 @@ fn read_state(path: &Path) -> Result<LoopState> {
         serde_json::from_slice(&bytes).map_err(|e| corrupt(&file, format!("not valid JSON: {e}")))?;
     let version = probe.get("format_version").and_then(serde_json::Value::as_u64);
     if version != Some(u64::from(CHECKPOINT_FORMAT_VERSION)) {
+        let found = version.map_or_else(|| "no format_version".to_string(), |v| format!("format version {v}"));
+        let hint = match version {
+            Some(v) if v < u64::from(CHECKPOINT_FORMAT_VERSION) => {
+                "; it was written by an earlier kiln, whose checkpoints do not record the data's fingerprint: \
+                 start from a new checkpoint directory"
+            }
+            _ => "",
+        };
         return Err(corrupt(
             &file,
-            format!(
-                "checkpoint format version {version:?} is not supported (this kiln reads version {CHECKPOINT_FORMAT_VERSION})"
-            ),
+            format!("checkpoint {found} is not supported (this kiln reads version {CHECKPOINT_FORMAT_VERSION}){hint}"),
         ));
     }
     serde_json::from_value(probe).map_err(|e| corrupt(&file, e.to_string()))
@@ -267,15 +304,24 @@ const ADJUSTABLE: &[&str] = &[
     "warmup_steps",
     "schedule",
     "grad_clip",
+    "loader",
 ];
 
-/// Checks that a checkpoint belongs to this training: same model, same data, same settings
+/// Checks that a checkpoint belongs to this training: same task, same data, same settings
 /// except the [`ADJUSTABLE`] ones.
-pub(crate) fn check_compatible(loaded: &Loaded, config: &TrainConfig, model: &ModelConfig, digest: &str) -> Result<()> {
-    let why = if loaded.state.model != *model {
-        Some("the model architecture differs".to_string())
+pub(crate) fn check_compatible(
+    loaded: &Loaded,
+    config: &TrainConfig,
+    task: &serde_json::Value,
+    digest: &str,
+) -> Result<()> {
+    let why = if loaded.state.task != *task {
+        Some(format!(
+            "the model architecture or task differs (the checkpoint's is {}, this training's is {})",
+            loaded.state.task, task
+        ))
     } else if loaded.state.data_digest != digest {
-        Some("the training or validation rows differ".to_string())
+        Some("the training or validation data differ (their fingerprints do not match)".to_string())
     } else {
         let (was, now) = (serde_json::to_value(&loaded.state.train_config), serde_json::to_value(config));
         let changed: Vec<&str> = match (&was, &now) {

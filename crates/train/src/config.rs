@@ -1,7 +1,9 @@
 //! What a training run is asked to do: [`TrainConfig`] and its parts, all serde.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
+pub use kiln_data::Order;
 use serde::{Deserialize, Serialize};
 
 use crate::{DeviceSpec, Error, Result};
@@ -153,19 +155,68 @@ pub enum Precision {
     Bf16,
 }
 
-/// An epoch-level metric that early stopping, best weights and best checkpoints follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MonitorMetric {
-    /// Validation cross-entropy (lower is better).
-    #[default]
-    ValLoss,
+/// The epoch-level metric that early stopping, best weights and best checkpoints follow, by
+/// the name an [`EpochReport`](crate::EpochReport) and the tracking run give it: `train_loss`,
+/// `val_loss`, or `train_<metric>`/`val_<metric>` for each metric of the task (`val_accuracy`,
+/// `val_rmse`, `val_auc`, ...). Serialised as the plain name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct MonitorMetric(Cow<'static, str>);
+
+impl MonitorMetric {
+    /// Validation loss (lower is better).
+    pub const VAL_LOSS: Self = Self(Cow::Borrowed("val_loss"));
     /// Validation accuracy (higher is better).
-    ValAccuracy,
+    pub const VAL_ACCURACY: Self = Self(Cow::Borrowed("val_accuracy"));
     /// Mean training loss of the epoch (lower is better).
-    TrainLoss,
+    pub const TRAIN_LOSS: Self = Self(Cow::Borrowed("train_loss"));
     /// Training accuracy of the epoch (higher is better).
-    TrainAccuracy,
+    pub const TRAIN_ACCURACY: Self = Self(Cow::Borrowed("train_accuracy"));
+
+    /// A metric by name.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self(Cow::Owned(name.into()))
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The better direction, for names whose direction kiln knows: losses and errors
+    /// (`*loss`, `*rmse`, `*mse`, `*mae`, `*error`) are minimised; accuracies, AUCs, F1, R²,
+    /// precision and recall (`*accuracy`, `*auc`, `*f1`, `*r2`, `*precision`, `*recall`) are
+    /// maximised. Other names need [`Monitor::mode`].
+    pub fn known_mode(&self) -> Option<Mode> {
+        let name = self.0.as_ref();
+        const MIN: &[&str] = &["loss", "rmse", "mse", "mae", "error"];
+        const MAX: &[&str] = &["accuracy", "auc", "f1", "r2", "precision", "recall"];
+        if MIN.iter().any(|s| name.ends_with(s)) {
+            Some(Mode::Min)
+        } else if MAX.iter().any(|s| name.ends_with(s)) {
+            Some(Mode::Max)
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for MonitorMetric {
+    fn default() -> Self {
+        Self::VAL_LOSS
+    }
+}
+
+impl std::fmt::Display for MonitorMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for MonitorMetric {
+    fn from(name: &str) -> Self {
+        Self::new(name)
+    }
 }
 
 /// Whether a lower or a higher value is better.
@@ -179,37 +230,41 @@ pub enum Mode {
 }
 
 /// The metric to follow, and which direction is better.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Monitor {
     /// The metric.
     pub metric: MonitorMetric,
-    /// Better direction; by default `min` for losses and `max` for accuracies.
+    /// Better direction; by default the one kiln knows for the metric's name
+    /// ([`MonitorMetric::known_mode`]).
     pub mode: Option<Mode>,
 }
 
 impl Monitor {
-    /// The direction in effect.
-    pub fn mode(&self) -> Mode {
-        self.mode.unwrap_or(match self.metric {
-            MonitorMetric::ValLoss | MonitorMetric::TrainLoss => Mode::Min,
-            MonitorMetric::ValAccuracy | MonitorMetric::TrainAccuracy => Mode::Max,
-        })
+    /// Follows `metric`, in the direction kiln knows for its name.
+    pub fn new(metric: impl Into<MonitorMetric>) -> Self {
+        Self { metric: metric.into(), mode: None }
     }
 
-    /// Whether the metric needs validation rows.
+    /// Follows `metric` in direction `mode`.
+    pub fn with_mode(metric: impl Into<MonitorMetric>, mode: Mode) -> Self {
+        Self { metric: metric.into(), mode: Some(mode) }
+    }
+
+    /// The direction in effect (lower is better for a name of unknown direction without a
+    /// `mode`, which [`TrainConfig::validate`] refuses).
+    pub fn mode(&self) -> Mode {
+        self.mode.or_else(|| self.metric.known_mode()).unwrap_or(Mode::Min)
+    }
+
+    /// Whether the metric needs a validation set.
     pub fn needs_validation(&self) -> bool {
-        matches!(self.metric, MonitorMetric::ValLoss | MonitorMetric::ValAccuracy)
+        self.metric.name().starts_with("val_")
     }
 
     /// The metric's name as logged to a run.
-    pub fn name(&self) -> &'static str {
-        match self.metric {
-            MonitorMetric::ValLoss => "val_loss",
-            MonitorMetric::ValAccuracy => "val_accuracy",
-            MonitorMetric::TrainLoss => "train_loss",
-            MonitorMetric::TrainAccuracy => "train_accuracy",
-        }
+    pub fn name(&self) -> &str {
+        self.metric.name()
     }
 
     /// Whether `value` beats `best` by more than `min_delta`.
@@ -270,6 +325,24 @@ impl CheckpointConfig {
     }
 }
 
+/// How the data loader decodes items ahead of training. The batches, and so the results, are
+/// the same for any setting: a resumed training may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoaderConfig {
+    /// Threads decoding batches ahead (0: decode on the training thread, which suits data
+    /// already in memory).
+    pub workers: usize,
+    /// Batches each worker decodes ahead (at least 1).
+    pub prefetch: usize,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self { workers: 0, prefetch: 2 }
+    }
+}
+
 /// How to train. Logged as run parameters and stored in model packages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -308,6 +381,10 @@ pub struct TrainConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// Log the per-step loss and learning rate to the run every this many steps (0: never).
     pub log_every_steps: u64,
+    /// The order of each epoch's training items (validation is always sequential).
+    pub order: Order,
+    /// The data loader's threads.
+    pub loader: LoaderConfig,
 }
 
 impl Default for TrainConfig {
@@ -330,6 +407,8 @@ impl Default for TrainConfig {
             early_stopping: None,
             checkpoint: None,
             log_every_steps: 1,
+            order: Order::Shuffle,
+            loader: LoaderConfig::default(),
         }
     }
 }
@@ -404,6 +483,21 @@ impl TrainConfig {
         if let Some(es) = &self.early_stopping {
             non_negative("early_stopping.min_delta", es.min_delta)?;
         }
+        let metric = self.monitor.name();
+        if metric.is_empty() {
+            return Err(Error::Config("monitor.metric is empty".into()));
+        }
+        if self.monitor.mode.is_none() && self.monitor.metric.known_mode().is_none() {
+            return Err(Error::Config(format!(
+                "monitor.mode must be set (\"min\" or \"max\") for monitor.metric = \"{metric}\": kiln knows the direction of losses, errors, accuracies, AUCs, F1, R², precision and recall only"
+            )));
+        }
+        if let Order::BlockShuffle { window: 0 } = self.order {
+            return Err(Error::Config("order.window must be at least 1".into()));
+        }
+        if self.loader.prefetch == 0 {
+            return Err(Error::Config("loader.prefetch must be at least 1".into()));
+        }
         if self.checkpoint.as_ref().is_some_and(|c| c.keep_last == 0) {
             return Err(Error::Config(
                 "checkpoint.keep_last must be at least 1 (the latest checkpoint is what resume reads)".into(),
@@ -465,5 +559,24 @@ mod tests {
         assert_eq!(c.monitor.mode(), Mode::Max);
         assert_eq!(c.batch_size, 64);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn any_named_metric_can_be_monitored_with_a_known_or_given_direction() {
+        let read = |json: &str| serde_json::from_str::<TrainConfig>(json).unwrap();
+        let rmse = read(r#"{"monitor": {"metric": "val_rmse"}}"#);
+        assert_eq!((rmse.monitor.mode(), rmse.monitor.needs_validation()), (Mode::Min, true));
+        let auc = read(r#"{"monitor": {"metric": "val_auc"}}"#);
+        assert_eq!(auc.monitor.mode(), Mode::Max);
+        assert!(auc.monitor.improves(0.9, 0.8, 0.0) && !auc.monitor.improves(0.8, 0.9, 0.0));
+        let odd = read(r#"{"monitor": {"metric": "train_dice_score"}}"#);
+        let err = odd.validate().unwrap_err().to_string();
+        assert!(err.contains("monitor.mode") && err.contains("train_dice_score"), "{err}");
+        let given = read(r#"{"monitor": {"metric": "train_dice_score", "mode": "max"}}"#);
+        given.validate().unwrap();
+        assert_eq!(given.monitor.mode(), Mode::Max);
+        // Written as the plain name, as before.
+        assert_eq!(serde_json::to_value(&rmse.monitor.metric).unwrap(), serde_json::json!("val_rmse"));
+        assert_eq!(MonitorMetric::default().name(), "val_loss");
     }
 }

@@ -52,23 +52,32 @@
 //! # Ok(()) }
 //! ```
 
+/// docs/training.md, whose code (the "Your own model" snippet) runs as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/training.md")]
+struct TrainingGuide;
+
 pub mod checkpoint;
+mod classifier;
 mod config;
 mod dense;
 mod device;
 mod error;
 mod eval;
+mod fit;
 mod model;
 mod optim;
 mod package;
 pub mod plot;
+mod task;
 mod trainer;
 pub mod tune;
 
 pub use checkpoint::{CheckpointInfo, best_checkpoints, latest_checkpoint};
+pub use classifier::{Classifier, ClassifierTask, InferencePrecision};
 pub use config::{
-    CheckpointConfig, ClassWeights, EarlyStopping, GradClip, LrSchedule, Mode, Monitor, MonitorMetric, OptimizerConfig,
-    Precision, TrainConfig,
+    CheckpointConfig, ClassWeights, EarlyStopping, GradClip, LoaderConfig, LrSchedule, Mode, Monitor, MonitorMetric,
+    OptimizerConfig, Order, Precision, TrainConfig,
 };
 
 pub use device::{Device, DeviceSpec, probe_cuda};
@@ -77,12 +86,11 @@ pub use eval::{
     CalibrationBin, ClassMetrics, ClassificationReport, EvalReport, FailureCheck, GateDecision, Promotion,
     PromotionGate, RocAuc, SliceReport, calibration_bins, expected_calibration_error, log_loss, roc_auc, roc_auc_ovr,
 };
+pub use fit::{Fitted, fit};
 pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
 pub use package::{
     Lineage, MANIFEST_FILE, Manifest, ModelPackage, OLDEST_PACKAGE_FORMAT_VERSION, PACKAGE_FORMAT_VERSION, PackageSpec,
     PrecisionReport, Prediction, Predictor, compare_precision,
 };
-pub use trainer::{
-    Classifier, EXIT_INTERRUPTED, EpochReport, Examples, Hooks, InferencePrecision, StepReport, StopReason, Trained,
-    train,
-};
+pub use task::{Step, Task, Totals, Trainable};
+pub use trainer::{EXIT_INTERRUPTED, EpochReport, Examples, Hooks, StepReport, StopReason, Trained, train};

@@ -9,7 +9,7 @@
 //! cannot take (not `f32`, shapes that disagree) goes through burn's own implementation.
 
 use burn::backend::Autodiff;
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{ModuleVisitor, Param};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::{
@@ -29,7 +29,7 @@ const CHUNK: usize = 1 << 14;
 /// The global L2 norm of the gradients, read straight from the CPU buffers (the generic way
 /// squares every gradient into a new tensor first). Deterministic: partial sums are added in
 /// a fixed order whatever the threads did.
-pub(crate) fn grad_norm(model: &crate::model::Model<Autodiff<Flex>>, grads: &GradientsParams) -> f64 {
+pub(crate) fn grad_norm<M: burn::module::Module<Autodiff<Flex>>>(model: &M, grads: &GradientsParams) -> f64 {
     struct SquaredNorm<'a> {
         grads: &'a GradientsParams,
         sum: f64,
@@ -313,6 +313,7 @@ impl Coefficients {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::module::Module;
     use burn::tensor::TensorData;
 
     /// Values in [-2, 2) from `seed` (not burn's generator: it is process-wide, and tests

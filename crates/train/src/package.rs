@@ -24,10 +24,11 @@ use kiln_data::{ColumnSpec, DatasetProfile, FittedPipeline, LabelEncoder, Schema
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
+use crate::classifier::{Classifier, InferencePrecision, best_class};
 use crate::config::TrainConfig;
 use crate::eval::{EvalReport, FailureCheck};
 use crate::model::ModelConfig;
-use crate::trainer::{Classifier, InferencePrecision, Trained, best_class};
+use crate::trainer::Trained;
 use crate::{Error, Result};
 
 /// The package format this version of kiln writes and reads.

@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// # fn objective(trial: &mut Trial, data: &Examples, val: &Examples) -> kiln_train::Result<f64> {
 /// let lr = trial.suggest_log_float("lr", 1e-4, 1e-1)?;
 /// let config = TrainConfig { learning_rate: lr, ..TrainConfig::default() };
-/// let mut hooks = PruneTraining::new(trial, MonitorMetric::ValLoss);
+/// let mut hooks = PruneTraining::new(trial, MonitorMetric::VAL_LOSS);
 /// let trained = train(&config, &ModelConfig::mlp(64, &[128], 10), data, Some(val), None, &mut hooks)?;
 /// hooks.finish()?; // the trial's "pruned" error when the pruner stopped it
 /// Ok(trained.history.iter().filter_map(|e| e.val_loss).fold(f64::INFINITY, f64::min))
@@ -30,9 +30,10 @@ pub struct PruneTraining<'t> {
 }
 
 impl<'t> PruneTraining<'t> {
-    /// Reports `metric` of every epoch to `trial`.
-    pub fn new(trial: &'t mut Trial, metric: MonitorMetric) -> Self {
-        Self { trial, metric, pruned: false, error: None }
+    /// Reports `metric` of every epoch to `trial` (any name an [`EpochReport`] has:
+    /// `MonitorMetric::VAL_LOSS`, `"val_rmse"`, `"val_auc"`, ...).
+    pub fn new(trial: &'t mut Trial, metric: impl Into<MonitorMetric>) -> Self {
+        Self { trial, metric: metric.into(), pruned: false, error: None }
     }
 
     /// Whether the pruner stopped the training.
@@ -53,16 +54,19 @@ impl<'t> PruneTraining<'t> {
 
 impl Hooks for PruneTraining<'_> {
     fn on_epoch(&mut self, epoch: &EpochReport) -> ControlFlow<()> {
-        let value = match self.metric {
-            MonitorMetric::ValLoss => epoch.val_loss,
-            MonitorMetric::ValAccuracy => epoch.val_accuracy,
-            MonitorMetric::TrainLoss => Some(epoch.train_loss),
-            MonitorMetric::TrainAccuracy => Some(epoch.train_accuracy),
-        };
-        let Some(value) = value else {
+        let Some(value) = epoch.metric(self.metric.name()) else {
+            let mut known = vec!["train_loss".to_string()];
+            known.extend(epoch.val_loss.map(|_| "val_loss".to_string()));
+            known.extend(epoch.metrics.keys().cloned());
             self.error = Some(Error::Config(format!(
-                "pruning on {:?} needs validation rows, and the training has none",
-                self.metric
+                "pruning on {}, which the training does not report (it reports {}){}",
+                self.metric,
+                known.join(", "),
+                if self.metric.name().starts_with("val_") && epoch.val_loss.is_none() {
+                    "; it needs a validation set"
+                } else {
+                    ""
+                }
             )));
             return ControlFlow::Break(());
         };

@@ -207,7 +207,7 @@ fn assert_same_training(resumed: &Trained, reference: &Trained) {
     assert_eq!(resumed.step_losses, reference.step_losses, "per-step loss curve");
     let strip = |h: &[EpochReport]| {
         h.iter()
-            .map(|e| (e.epoch, e.step, e.train_loss, e.train_accuracy, e.val_loss, e.val_accuracy))
+            .map(|e| (e.epoch, e.step, e.train_loss, e.train_accuracy(), e.val_loss, e.val_accuracy()))
             .collect::<Vec<_>>()
     };
     assert_eq!(strip(&resumed.history), strip(&reference.history), "epoch reports");
@@ -261,7 +261,7 @@ fn resume_refuses_a_different_training() {
     let err = train(&other_seed, &model, &train_set, Some(&val), None, &mut quiet()).unwrap_err();
     assert!(matches!(&err, Error::Checkpoint { message, .. } if message.contains("seed")), "{err}");
     let err = train(&config, &model, &val, Some(&val), None, &mut quiet()).unwrap_err();
-    assert!(matches!(&err, Error::Checkpoint { message, .. } if message.contains("rows differ")), "{err}");
+    assert!(matches!(&err, Error::Checkpoint { message, .. } if message.contains("data differ")), "{err}");
 
     // The learning rate and the length of training may change, e.g. to go on more gently.
     let gentler = TrainConfig { learning_rate: 1e-4, epochs: 7, ..config.clone() };
@@ -292,14 +292,14 @@ fn checkpoints_are_pruned_to_the_latest_and_the_best() {
             keep_best: 2,
             ..CheckpointConfig::new(dir.path())
         }),
-        monitor: Monitor { metric: MonitorMetric::ValAccuracy, mode: None },
+        monitor: Monitor { metric: MonitorMetric::VAL_ACCURACY, mode: None },
         ..resumable(dir.path())
     };
     let trained = train(&config, &model, &train_set, Some(&val), None, &mut quiet()).unwrap();
     let best = kiln_train::best_checkpoints(dir.path()).unwrap();
     assert_eq!(best.len(), 2);
     assert!(best[0].1 >= best[1].1, "ranked best first: {best:?}");
-    let top = trained.history.iter().map(|e| e.val_accuracy.unwrap()).fold(f64::MIN, f64::max);
+    let top = trained.history.iter().map(|e| e.val_accuracy().unwrap()).fold(f64::MIN, f64::max);
     assert_eq!(best[0].1, top);
     let mut dirs: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -505,6 +505,55 @@ fn a_tracked_run_records_settings_and_every_step() {
     assert_eq!(val_loss, trained.history.iter().map(|e| e.val_loss.unwrap()).collect::<Vec<_>>());
 }
 
+/// A training on a compute node logs through the tracking server (`RemoteRun`) what it would
+/// log to a local run: the same parameters, and the same values of every metric at the same
+/// steps (timings aside).
+#[test]
+fn a_training_logged_through_the_tracking_server_records_what_a_local_run_does() {
+    use kiln_track::client::Client;
+    use kiln_track::server::{ServerConfig, TrackingServer};
+    let (train_set, val, model) = small();
+    let config = TrainConfig { batch_size: 16, ..cpu(2) };
+
+    let local_dir = tempfile::tempdir().unwrap();
+    let local = kiln_track::Store::open(local_dir.path()).unwrap();
+    let mut run = local.start_run("remote-test").unwrap();
+    train(&config, &model, &train_set, Some(&val), Some(&mut run), &mut ()).unwrap();
+    let local_id = run.id().to_string();
+    run.finish().unwrap();
+
+    let server_dir = tempfile::tempdir().unwrap();
+    let served = kiln_track::Store::open(server_dir.path()).unwrap();
+    let server =
+        TrackingServer::start(served.clone(), ServerConfig { addr: "127.0.0.1:0".into(), ..ServerConfig::default() })
+            .unwrap();
+    let spool = tempfile::tempdir().unwrap();
+    let client = Client::new(&server.url()).with_spool(spool.path());
+    let mut remote = client.start_run("remote-test").unwrap();
+    train(&config, &model, &train_set, Some(&val), Some(&mut remote), &mut ()).unwrap();
+    assert!(!remote.is_spooling(), "the server was reachable");
+    let remote_id = remote.id().to_string();
+    remote.finish().unwrap();
+    server.shutdown().unwrap();
+
+    let points = |store: &kiln_track::Store, id: &str| {
+        let mut p: Vec<(String, u64, f64)> = store
+            .metrics(id)
+            .unwrap()
+            .into_iter()
+            .filter(|p| !matches!(p.key.as_str(), "epoch_seconds" | "rows_per_second"))
+            .map(|p| (p.key, p.step, p.value))
+            .collect();
+        p.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        p
+    };
+    let (here, there) = (points(&local, &local_id), points(&served, &remote_id));
+    assert!(here.iter().any(|p| p.0 == "val_accuracy") && here.iter().any(|p| p.0 == "step_loss"), "{here:?}");
+    assert_eq!(there, here);
+    let params = |store: &kiln_track::Store, id: &str| store.run(id).unwrap().params;
+    assert_eq!(params(&served, &remote_id), params(&local, &local_id));
+}
+
 #[test]
 fn the_study_pruner_stops_a_poor_training_through_its_hooks() {
     use kiln_train::tune::{MedianPruner, PruneTraining, PrunerConfig, SamplerConfig, Study, StudyConfig, TrialState};
@@ -514,7 +563,7 @@ fn the_study_pruner_stops_a_poor_training_through_its_hooks() {
     let run_trial = |learning_rate: f64| {
         let mut trial = study.ask().unwrap();
         let config = TrainConfig { learning_rate, batch_size: 16, ..cpu(6) };
-        let mut hooks = PruneTraining::new(&mut trial, MonitorMetric::ValLoss);
+        let mut hooks = PruneTraining::new(&mut trial, MonitorMetric::VAL_LOSS);
         let trained = train(&config, &model, &train_set, Some(&val), None, &mut hooks).unwrap();
         let pruned = hooks.was_pruned();
         let epochs = trained.history.len();

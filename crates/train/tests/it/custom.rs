@@ -1,0 +1,328 @@
+//! A researcher's own model, loss, metrics and data on kiln's trainer, through the `Task` seam:
+//! a residual MLP with batch norm and dropout, defined here (not in kiln-train), trained with
+//! binary cross-entropy on logits, `accuracy` and `auc` metrics, and items drawn from a
+//! `Source` whose augmentation comes from the per-item generator kiln supplies.
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use burn::module::Module;
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Linear, LinearConfig};
+use burn::tensor::activation::{log_sigmoid, relu, sigmoid};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use kiln_data::{FnSource, Source, SplitMix64, from_fn};
+use kiln_train::{
+    CheckpointConfig, EXIT_INTERRUPTED, EarlyStopping, Error, Fitted, GradClip, Hooks, LoaderConfig, LrSchedule,
+    Monitor, Step, StepReport, StopReason, Task, Totals, TrainConfig, fit, latest_checkpoint, roc_auc,
+};
+
+const FEATURES: usize = 8;
+
+/// `x → dense → [bn → relu → dropout → dense] + x → bn → relu → logit`.
+#[derive(Module, Debug)]
+struct ResMlp<B: Backend> {
+    input: Linear<B>,
+    inner: Linear<B>,
+    norm_a: BatchNorm<B>,
+    norm_b: BatchNorm<B>,
+    dropout: Dropout,
+    head: Linear<B>,
+}
+
+impl<B: Backend> ResMlp<B> {
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 1> {
+        let h = self.input.forward(x);
+        let r = self.dropout.forward(relu(self.norm_a.forward(h.clone())));
+        let h = relu(self.norm_b.forward(self.inner.forward(r) + h));
+        let rows = h.dims()[0];
+        self.head.forward(h).reshape([rows])
+    }
+}
+
+/// Binary classification of a noisy, non-linear rule.
+struct Binary {
+    hidden: usize,
+    dropout: f64,
+}
+
+impl Task for Binary {
+    type Item = ([f32; FEATURES], f32);
+    type Model<B: Backend> = ResMlp<B>;
+    type Batch<B: Backend> = (Tensor<B, 2>, Tensor<B, 1>);
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"kind": "res_mlp", "hidden": self.hidden, "dropout": self.dropout})
+    }
+
+    fn init<B: Backend>(&self, device: &B::Device) -> ResMlp<B> {
+        ResMlp {
+            input: LinearConfig::new(FEATURES, self.hidden).init(device),
+            inner: LinearConfig::new(self.hidden, self.hidden).init(device),
+            norm_a: BatchNormConfig::new(self.hidden).init(device),
+            norm_b: BatchNormConfig::new(self.hidden).init(device),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            head: LinearConfig::new(self.hidden, 1).init(device),
+        }
+    }
+
+    fn collate<B: Backend>(&self, items: Vec<Self::Item>, device: &B::Device) -> kiln_train::Result<Self::Batch<B>> {
+        let n = items.len();
+        let x: Vec<f32> = items.iter().flat_map(|(x, _)| *x).collect();
+        let y: Vec<f32> = items.iter().map(|(_, y)| *y).collect();
+        Ok((
+            Tensor::from_data(TensorData::new(x, [n, FEATURES]), device),
+            Tensor::from_data(TensorData::new(y, [n]), device),
+        ))
+    }
+
+    fn step<B: Backend>(&self, model: &ResMlp<B>, (x, y): Self::Batch<B>) -> kiln_train::Result<Step<B>> {
+        let rows = y.dims()[0];
+        let logits = model.forward(x);
+        // Binary cross-entropy on logits, written out: -(y·log σ(z) + (1-y)·log σ(-z)).
+        let loss = (y.clone() * log_sigmoid(logits.clone())
+            + (y.clone().neg() + 1.0) * log_sigmoid(logits.clone().neg()))
+        .mean()
+        .neg();
+        let scores = sigmoid(logits.detach());
+        let correct = scores.clone().greater_equal_elem(0.5).float().equal(y.clone()).float();
+        Ok(Step::new(loss, rows).sum("accuracy", correct).values("score", scores).values("label", y))
+    }
+
+    fn metrics(&self, totals: &Totals) -> kiln_train::Result<Vec<(String, f64)>> {
+        let mut metrics = totals.means();
+        let (scores, labels) = (totals.values("score"), totals.values("label"));
+        if !scores.is_empty() {
+            let positive: Vec<bool> = labels.iter().map(|l| *l > 0.5).collect();
+            let scores: Vec<f64> = scores.iter().map(|s| f64::from(*s)).collect();
+            // Undefined when the validation set holds one class only.
+            metrics.push(("auc".into(), roc_auc(&positive, &scores).unwrap_or(f64::NAN)));
+        }
+        Ok(metrics)
+    }
+}
+
+type Items = FnSource<fn(usize, &mut SplitMix64) -> kiln_data::Result<([f32; FEATURES], f32)>>;
+
+/// Base features from the item's index; the label from a rule on them; augmentation (a small
+/// jitter) from the item's generator.
+fn item(index: usize, offset: u64, rng: &mut SplitMix64) -> ([f32; FEATURES], f32) {
+    let mut base = SplitMix64::new(index as u64 + offset);
+    let mut x = [0f32; FEATURES];
+    for v in &mut x {
+        *v = base.next_f64() as f32 * 2.0 - 1.0;
+    }
+    let y = f32::from(u8::from(x[0] * x[1] + 0.5 * x[2] > 0.0));
+    for v in &mut x {
+        *v += (rng.next_f64() as f32 - 0.5) * 0.1;
+    }
+    (x, y)
+}
+
+fn train_items(index: usize, rng: &mut SplitMix64) -> kiln_data::Result<([f32; FEATURES], f32)> {
+    Ok(item(index, 0, rng))
+}
+
+fn val_items(index: usize, rng: &mut SplitMix64) -> kiln_data::Result<([f32; FEATURES], f32)> {
+    Ok(item(index, 1 << 40, rng))
+}
+
+fn sources() -> (Items, Items) {
+    (
+        from_fn("training", 300, "train-v1", train_items as fn(usize, &mut SplitMix64) -> _),
+        from_fn("validation", 120, "val-v1", val_items as fn(usize, &mut SplitMix64) -> _),
+    )
+}
+
+fn task() -> Binary {
+    Binary { hidden: 16, dropout: 0.2 }
+}
+
+/// 300 items in batches of 16 (19 batches), 2 per step: 10 steps per epoch, 5 epochs.
+fn config(dir: &Path, workers: usize) -> TrainConfig {
+    TrainConfig {
+        epochs: 5,
+        batch_size: 16,
+        accumulate: 2,
+        learning_rate: 3e-3,
+        warmup_steps: 4,
+        schedule: LrSchedule::Cosine { min_lr: 1e-4 },
+        grad_clip: Some(GradClip::Norm(1.0)),
+        device: kiln_train::DeviceSpec::Cpu,
+        monitor: Monitor::new("val_auc"),
+        early_stopping: Some(EarlyStopping { patience: 10, min_delta: 0.0 }),
+        checkpoint: Some(CheckpointConfig { every_steps: 3, keep_best: 2, ..CheckpointConfig::new(dir) }),
+        loader: LoaderConfig { workers, prefetch: 2 },
+        ..TrainConfig::default()
+    }
+}
+
+struct StopAt(u64);
+
+impl Hooks for StopAt {
+    fn on_step(&mut self, step: &StepReport) -> ControlFlow<()> {
+        if step.step == self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+    }
+}
+
+fn fit_fresh(workers: usize) -> Fitted {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = sources();
+    fit(&config(dir.path(), workers), &task(), train, Some(val), None, &mut ()).unwrap()
+}
+
+/// Predicted scores of the kept weights on the validation items.
+fn scores(fitted: &Fitted) -> Vec<f32> {
+    type Cpu = burn::backend::Flex;
+    let device = Default::default();
+    let model = fitted.load(task().init::<Cpu>(&device), &device).unwrap();
+    let (_, val) = sources();
+    let items = (0..120).map(|i| val.get(i, &mut SplitMix64::new(0)).unwrap()).collect();
+    let (x, _) = task().collate::<Cpu>(items, &device).unwrap();
+    model.forward(x).into_data().to_vec::<f32>().unwrap()
+}
+
+fn assert_same(resumed: &Fitted, reference: &Fitted) {
+    assert_eq!(resumed.step_losses, reference.step_losses, "per-step loss curve");
+    let strip = |f: &Fitted| {
+        f.history.iter().map(|e| (e.epoch, e.step, e.train_loss, e.val_loss, e.metrics.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(strip(resumed), strip(reference), "epoch reports (time aside)");
+    assert_eq!(resumed.best_epoch, reference.best_epoch);
+    assert_eq!(scores(resumed), scores(reference), "predictions of the kept weights");
+}
+
+#[test]
+fn a_user_model_trains_with_named_metrics_and_resumes_exactly_with_any_worker_count() {
+    let reference = fit_fresh(0);
+    assert_eq!(reference.stop, StopReason::Completed);
+    assert_eq!(reference.steps, 50);
+    let last = reference.history.last().unwrap();
+    for key in ["train_accuracy", "val_accuracy", "val_auc"] {
+        assert!(last.metrics.contains_key(key), "{key} in {:?}", last.metrics);
+    }
+    assert!(!last.metrics.contains_key("train_auc"), "per-row values are kept for validation only");
+    let first = &reference.history[0];
+    assert!(last.metric("val_auc").unwrap() > 0.75, "{:?}", last.metrics);
+    assert!(last.train_loss < first.train_loss, "{} -> {}", first.train_loss, last.train_loss);
+    let best = reference.history.iter().map(|e| e.metric("val_auc").unwrap()).fold(f64::MIN, f64::max);
+    assert_eq!(reference.history[reference.best_epoch - 1].metric("val_auc"), Some(best), "best by val_auc (max)");
+    // The kept weights load into a fresh model on the inference backend.
+    let model = reference.load(task().init::<burn::backend::Flex>(&Default::default()), &Default::default()).unwrap();
+    assert_eq!(model.num_params(), task().init::<burn::backend::Flex>(&Default::default()).num_params());
+
+    // The same training with two loader workers is the same training.
+    assert_same(&fit_fresh(2), &reference);
+
+    for workers in [0, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let (train, val) = sources();
+        let first = fit(&config(dir.path(), workers), &task(), train, Some(val), None, &mut StopAt(14)).unwrap();
+        assert_eq!((first.stop, first.steps), (StopReason::Requested, 14));
+        let info = latest_checkpoint(dir.path()).unwrap().unwrap();
+        assert_eq!((info.step, info.epoch), (14, 2), "a mid-epoch checkpoint");
+        // Resumed with the other worker count: an adjustable setting.
+        let (train, val) = sources();
+        let resumed = fit(&config(dir.path(), 2 - workers), &task(), train, Some(val), None, &mut ()).unwrap();
+        assert_eq!(resumed.resumed_from, Some(14));
+        assert_same(&resumed, &reference);
+    }
+}
+
+#[test]
+fn a_failing_item_stops_training_with_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for workers in [0, 2] {
+        let train = from_fn("patches.h5", 300, "x", |index, rng: &mut SplitMix64| {
+            if index == 123 {
+                Err(kiln_data::Error::InvalidArgument("chunk 7 fails its checksum".into()))
+            } else {
+                Ok(item(index, 0, rng))
+            }
+        });
+        let config = TrainConfig {
+            checkpoint: None,
+            early_stopping: None,
+            monitor: Monitor::new("train_loss"),
+            ..config(dir.path(), workers)
+        };
+        let err = fit(&config, &task(), train, None, None, &mut ()).unwrap_err().to_string();
+        assert!(err.contains("patches.h5: item 123: invalid argument: chunk 7 fails its checksum"), "{err}");
+    }
+}
+
+#[test]
+fn resume_refuses_other_data_or_another_task_and_unknown_metrics_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (train, val) = sources();
+    fit(&config(dir.path(), 0), &task(), train, Some(val), None, &mut StopAt(4)).unwrap();
+    let (_, val) = sources();
+    let other = from_fn("training", 300, "train-v2", train_items as fn(usize, &mut SplitMix64) -> _);
+    let err = fit(&config(dir.path(), 0), &task(), other, Some(val), None, &mut ()).unwrap_err();
+    assert!(matches!(&err, Error::Checkpoint { message, .. } if message.contains("data differ")), "{err}");
+    let (train, val) = sources();
+    let wider = Binary { hidden: 32, ..task() };
+    let err = fit(&config(dir.path(), 0), &wider, train, Some(val), None, &mut ()).unwrap_err();
+    assert!(matches!(&err, Error::Checkpoint { message, .. } if message.contains("\"hidden\":32")), "{err}");
+
+    let (train, val) = sources();
+    let config = TrainConfig { checkpoint: None, monitor: Monitor::new("val_f1"), ..config(dir.path(), 0) };
+    let err = fit(&config, &task(), train, Some(val), None, &mut ()).unwrap_err().to_string();
+    assert!(err.contains("val_f1") && err.contains("val_auc") && err.contains("train_accuracy"), "{err}");
+}
+
+/// The body of the child processes below: `config(dir, workers)` slowed down, exiting with
+/// `EXIT_INTERRUPTED` when a signal stopped it.
+#[test]
+#[ignore = "run as a child process by the signal test"]
+fn custom_child_trainer() {
+    let (Some(dir), Some(workers)) = (std::env::var_os("KILN_CUSTOM_CHILD"), std::env::var_os("KILN_CUSTOM_WORKERS"))
+    else {
+        return;
+    };
+    let workers: usize = workers.to_string_lossy().parse().unwrap();
+    struct Slow;
+    impl Hooks for Slow {
+        fn on_step(&mut self, _: &StepReport) -> ControlFlow<()> {
+            std::thread::sleep(Duration::from_millis(40));
+            ControlFlow::Continue(())
+        }
+    }
+    let (train, val) = sources();
+    let fitted = fit(&config(Path::new(&dir), workers), &task(), train, Some(val), None, &mut Slow).unwrap();
+    if matches!(fitted.stop, StopReason::Interrupted { .. }) {
+        std::process::exit(EXIT_INTERRUPTED);
+    }
+}
+
+#[test]
+fn sigterm_mid_epoch_then_resume_reproduces_the_uninterrupted_curve_with_0_and_2_workers() {
+    let reference = fit_fresh(0);
+    for workers in [0usize, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "custom::custom_child_trainer", "--ignored", "--nocapture", "--test-threads=1"])
+            .env("KILN_CUSTOM_CHILD", dir.path())
+            .env("KILN_CUSTOM_WORKERS", workers.to_string())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while latest_checkpoint(dir.path()).ok().flatten().is_none_or(|i| i.step < 12) {
+            assert!(Instant::now() < deadline, "the child wrote no checkpoint");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(sent.success());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(EXIT_INTERRUPTED), "{workers} workers: {status:?}");
+        let info = latest_checkpoint(dir.path()).unwrap().unwrap();
+        assert!(info.step < 50, "{workers} workers: stopped before the end: {info:?}");
+        let (train, val) = sources();
+        let resumed = fit(&config(dir.path(), workers), &task(), train, Some(val), None, &mut ()).unwrap();
+        assert_eq!(resumed.resumed_from, Some(info.step));
+        assert_same(&resumed, &reference);
+    }
+}
