@@ -22,7 +22,7 @@ use kiln::data::{Dataset, LabelEncoder, Source, SplitFractions, SplitMix64, Stan
 use kiln::track::Store;
 use kiln::train::{
     CheckpointConfig, DeviceSpec, EXIT_INTERRUPTED, EarlyStopping, GradClip, LrSchedule, Monitor, Step, StopReason,
-    Task, TrainConfig, fit,
+    Task, TrainConfig, dense, fit,
 };
 use ndarray::{Array2, Axis};
 
@@ -41,11 +41,13 @@ struct ResMlp<B: Backend> {
 
 impl<B: Backend> ResMlp<B> {
     fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        let mut h = self.stem.forward(x);
+        // `dense` is burn's `Linear::forward`, run as one fused operation on the CPU.
+        let mut h = dense(&self.stem, x, false);
         for ((norm, up), down) in self.norms.iter().zip(&self.ups).zip(&self.downs) {
-            h = h.clone() + down.forward(self.dropout.forward(gelu(up.forward(norm.forward(h)))));
+            let inner = self.dropout.forward(gelu(dense(up, norm.forward(h.clone()), false)));
+            h = h + dense(down, inner, false);
         }
-        self.head.forward(self.out_norm.forward(h))
+        dense(&self.head, self.out_norm.forward(h), false)
     }
 }
 

@@ -98,10 +98,14 @@ pub struct SweepSection {
     pub name: Option<String>,
     /// Trials in all, over every worker.
     pub trials: u64,
-    /// What the trials optimise: the best epoch's `val_loss` (minimised, the default) or
-    /// `val_accuracy` (maximised).
+    /// What the trials optimise: the best epoch's value of this metric (`val_loss`, the
+    /// default; `val_accuracy`, `val_rmse`, any metric the training reports).
     #[serde(default)]
-    pub objective: Objective,
+    pub objective: MonitorMetric,
+    /// `min` or `max`; by default the direction kiln knows for the objective's name (losses
+    /// and errors down, accuracies, AUCs, F1 and R² up).
+    #[serde(default)]
+    pub mode: Option<Mode>,
     /// The sampler (default TPE).
     #[serde(default)]
     pub sampler: Option<SamplerConfig>,
@@ -113,24 +117,13 @@ pub struct SweepSection {
     pub params: Vec<ParamSpec>,
 }
 
-/// A sweep's objective.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Objective {
-    /// The lowest validation loss of any epoch.
-    #[default]
-    ValLoss,
-    /// The highest validation accuracy of any epoch.
-    ValAccuracy,
-}
-
 impl SweepSection {
     /// The study's settings.
     pub fn study_config(&self, experiment: &str) -> StudyConfig {
         let name = self.name.clone().unwrap_or_else(|| format!("{experiment}-sweep"));
-        let direction = match self.objective {
-            Objective::ValLoss => Direction::Minimize,
-            Objective::ValAccuracy => Direction::Maximize,
+        let direction = match self.monitor().mode() {
+            Mode::Min => Direction::Minimize,
+            Mode::Max => Direction::Maximize,
         };
         let mut config = StudyConfig::new(&name).direction(direction);
         if let Some(sampler) = &self.sampler {
@@ -561,10 +554,15 @@ fn sweep_worker(
         tracking = tracking.parent(parent);
     }
     study.set_tracking(Some(tracking));
-    let metric = match sweep.objective {
-        Objective::ValLoss => MonitorMetric::VAL_LOSS,
-        Objective::ValAccuracy => MonitorMetric::VAL_ACCURACY,
-    };
+    let monitor = sweep.monitor();
+    if monitor.mode.is_none() && monitor.metric.known_mode().is_none() {
+        bail!(
+            "{}: [sweep] objective = \"{}\" needs mode = \"min\" or \"max\" (kiln knows the direction of losses, errors, accuracies, AUCs, F1 and R² only)",
+            args.config.display(),
+            monitor.metric
+        );
+    }
+    let metric = monitor.metric.clone();
     // Preparing the data again only when a trial changes [data] or [preprocess].
     let mut cache: Option<(String, Prepared)> = None;
     let objective = |trial: &mut Trial| -> Result<f64> {
@@ -598,7 +596,7 @@ fn sweep_worker(
             return Err(hooks.trial.pruned().into());
         }
         let values = trained.history.iter().filter_map(|e| e.metric(metric.name()));
-        let best = match Monitor::new(metric.clone()).mode() {
+        let best = match monitor.mode() {
             Mode::Max => values.fold(f64::NEG_INFINITY, f64::max),
             Mode::Min => values.fold(f64::INFINITY, f64::min),
         };
@@ -645,11 +643,13 @@ fn sweep_worker(
 }
 
 impl SweepSection {
-    fn objective_name(&self) -> &'static str {
-        match self.objective {
-            Objective::ValLoss => "val_loss",
-            Objective::ValAccuracy => "val_accuracy",
-        }
+    fn objective_name(&self) -> &str {
+        self.objective.name()
+    }
+
+    /// The objective and its direction.
+    fn monitor(&self) -> Monitor {
+        Monitor { metric: self.objective.clone(), mode: self.mode }
     }
 }
 

@@ -273,7 +273,7 @@ impl<S: Source> Loader<S> {
                 }
             }
         }
-        let inline: Option<Decode<S::Item>> = lanes.is_empty().then(|| decode as Decode<S::Item>);
+        let inline: Option<Decode<S::Item>> = lanes.is_empty().then_some(decode as Decode<S::Item>);
         Batches { plan, first: from_batch, next: 0, lanes, threads, stop, inline, done: false }
     }
 }

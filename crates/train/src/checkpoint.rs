@@ -305,6 +305,7 @@ const ADJUSTABLE: &[&str] = &[
     "schedule",
     "grad_clip",
     "loader",
+    "val_every_steps",
 ];
 
 /// Checks that a checkpoint belongs to this training: same task, same data, same settings

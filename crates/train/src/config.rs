@@ -381,6 +381,12 @@ pub struct TrainConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// Log the per-step loss and learning rate to the run every this many steps (0: never).
     pub log_every_steps: u64,
+    /// Also validate every this many optimiser steps within an epoch (0: at epoch ends only),
+    /// as Lightning's `val_check_interval`: for epochs too long to wait for. The results go to
+    /// the run as `step_val_loss` and `step_val_<metric>` at the optimiser step, and to
+    /// [`Hooks::on_validation`](crate::Hooks::on_validation); best epochs and early stopping
+    /// still follow the epoch-end validation.
+    pub val_every_steps: u64,
     /// The order of each epoch's training items (validation is always sequential).
     pub order: Order,
     /// The data loader's threads.
@@ -407,6 +413,7 @@ impl Default for TrainConfig {
             early_stopping: None,
             checkpoint: None,
             log_every_steps: 1,
+            val_every_steps: 0,
             order: Order::Shuffle,
             loader: LoaderConfig::default(),
         }

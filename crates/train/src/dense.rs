@@ -60,11 +60,26 @@ fn rows_per_piece(width: usize) -> usize {
     (CHUNK / width.max(1)).max(1) * width.max(1)
 }
 
-/// `relu(x·W + b)` when `relu`, else `x·W + b`, for `x` of shape `[rows, inputs]`.
+/// `relu(x·W + b)` when `relu`, else `x·W + b`, for `x` of shape `[rows, inputs]`: burn's
+/// `layer.forward(x)` (followed by `relu`), for your own models too.
 ///
-/// Fused on `Flex` and `Autodiff<Flex>` for f32 tensors with a bias; burn's `Linear` (and
-/// ReLU) otherwise.
-pub(crate) fn dense<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>, relu: bool) -> Tensor<B, 2> {
+/// Fused on `Flex` and `Autodiff<Flex>` for f32 tensors with a bias (one operation forward and
+/// one backward, see the module's notes); burn's `Linear` (and ReLU) on any other backend
+/// (CUDA), element type or shape, so model code that calls it stays generic.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::nn::LinearConfig;
+/// use burn::tensor::Tensor;
+///
+/// let device = Default::default();
+/// let layer = LinearConfig::new(4, 3).init::<Flex>(&device);
+/// let x = Tensor::<Flex, 2>::ones([2, 4], &device);
+/// let fused = kiln_train::dense(&layer, x.clone(), true);
+/// let burns = burn::tensor::activation::relu(layer.forward(x));
+/// assert_eq!(fused.into_data(), burns.into_data()); // bit for bit on the CPU
+/// ```
+pub fn dense<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>, relu: bool) -> Tensor<B, 2> {
     let primitive = TypeId::of::<B::FloatTensorPrimitive>();
     let on_flex = primitive == TypeId::of::<FlexAd>() || primitive == TypeId::of::<FlexTensor>();
     let w = layer.weight.val();

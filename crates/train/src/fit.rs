@@ -23,7 +23,8 @@ use crate::checkpoint::{self, Best, LoopState};
 use crate::config::{OptimizerConfig, TrainConfig};
 use crate::task::{Task, Totals, Trainable};
 use crate::trainer::{
-    EPSILON, EpochReport, Hooks, StepReport, StopReason, batch_seed, clip, grad_norm, recorder, signals,
+    EPSILON, EpochReport, Hooks, StepReport, StopReason, ValidationReport, batch_seed, clip, grad_norm, recorder,
+    signals,
 };
 use crate::{Device, Error, Result, optim};
 
@@ -342,6 +343,14 @@ impl<S: Source> Job<'_, S> {
                 let flow = fit.after_step(step_loss, epoch, elapsed, sizes[..group_end].iter().sum())?;
                 let epoch_done = group_end == sizes.len();
                 let out_of_steps = config.max_steps.is_some_and(|m| fit.state.step >= m);
+                let every = config.val_every_steps;
+                let flow = if every > 0 && fit.state.step.is_multiple_of(every) && !epoch_done && !out_of_steps {
+                    // (The epoch end validates anyway.)
+                    let asked = fit.validate_mid_epoch(&model)?;
+                    if asked.is_break() { asked } else { flow }
+                } else {
+                    flow
+                };
                 let signal = fit.listening.as_ref().and_then(signals::Listening::received);
                 if !epoch_done && !out_of_steps {
                     let early = if let Some(sig) = signal {
@@ -419,7 +428,13 @@ fn trainable_params<B: AutodiffBackend, M: Module<B>>(model: &M) -> usize {
     struct Count(usize);
     impl<B: burn::tensor::backend::Backend> burn::module::ModuleVisitor<B> for Count {
         fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
-            if param.is_require_grad() {
+            // Without initialising a lazy parameter: its first use draws its initial values,
+            // which must come at the same point of the generator's stream whether or not the
+            // training is tracked. (An uninitialised one is trainable: running statistics are
+            // always initialised.)
+            if !param.is_initialized() {
+                self.0 += param.lazy_shape().num_elements();
+            } else if param.is_require_grad() {
                 self.0 += param.shape().num_elements();
             }
         }
@@ -575,6 +590,24 @@ where
             totals.add(out, true)?;
         }
         Ok(totals)
+    }
+
+    /// A validation within the epoch: logged as `step_val_*` at the optimiser step, shown to
+    /// the hooks.
+    fn validate_mid_epoch(&mut self, model: &T::Model<B>) -> Result<std::ops::ControlFlow<()>> {
+        let Some(val) = self.val else { return Ok(std::ops::ControlFlow::Continue(())) };
+        let totals = self.validate(&model.valid(), val)?;
+        let metrics: BTreeMap<String, f64> =
+            self.task.metrics(&totals)?.into_iter().map(|(name, value)| (format!("val_{name}"), value)).collect();
+        let report =
+            ValidationReport { step: self.state.step, epoch: self.state.epoch, val_loss: totals.loss(), metrics };
+        if let Some(tracker) = self.tracker.as_deref_mut() {
+            tracker.log_metric("step_val_loss", report.step, report.val_loss)?;
+            for (name, value) in &report.metrics {
+                tracker.log_metric(&format!("step_{name}"), report.step, *value)?;
+            }
+        }
+        Ok(self.hooks.on_validation(&report))
     }
 
     /// The epoch is over (or cut short by max_steps): validate, report, keep the best, decide

@@ -69,6 +69,7 @@ mod model;
 mod optim;
 mod package;
 pub mod plot;
+mod regression;
 mod task;
 mod trainer;
 pub mod tune;
@@ -80,6 +81,7 @@ pub use config::{
     OptimizerConfig, Order, Precision, TrainConfig,
 };
 
+pub use dense::dense;
 pub use device::{Device, DeviceSpec, probe_cuda};
 pub use error::{Error, Result};
 pub use eval::{
@@ -92,5 +94,8 @@ pub use package::{
     Lineage, MANIFEST_FILE, Manifest, ModelPackage, OLDEST_PACKAGE_FORMAT_VERSION, PACKAGE_FORMAT_VERSION, PackageSpec,
     PrecisionReport, Prediction, Predictor, compare_precision,
 };
+pub use regression::{RegressionLoss, RegressionReport, RegressionTask, Regressor, TargetScaler};
 pub use task::{Step, Task, Totals, Trainable};
-pub use trainer::{EXIT_INTERRUPTED, EpochReport, Examples, Hooks, StepReport, StopReason, Trained, train};
+pub use trainer::{
+    EXIT_INTERRUPTED, EpochReport, Examples, Hooks, StepReport, StopReason, Trained, ValidationReport, train,
+};

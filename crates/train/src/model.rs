@@ -222,6 +222,24 @@ impl ModelConfig {
                 self.classes()
             )));
         }
+        self.validate_layers()
+    }
+
+    /// Checks every size of a model with `outputs` outputs (its `classes` field), for tasks
+    /// other than classification (a regression's one output).
+    pub fn validate_outputs(&self, outputs: usize) -> Result<()> {
+        if self.inputs() == 0 || self.classes() != outputs {
+            return Err(Error::Config(format!(
+                "this task needs a {} model with at least one input and {outputs} output(s) (`classes`), got {} inputs and {} outputs",
+                self.kind(),
+                self.inputs(),
+                self.classes()
+            )));
+        }
+        self.validate_layers()
+    }
+
+    fn validate_layers(&self) -> Result<()> {
         match self {
             Self::Logistic { .. } => Ok(()),
             Self::Mlp(m) => {

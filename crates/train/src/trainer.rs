@@ -221,6 +221,19 @@ pub struct StepReport {
     pub rows_per_second: f64,
 }
 
+/// A validation within an epoch (`TrainConfig::val_every_steps`), as hooks see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationReport {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// The epoch in progress.
+    pub epoch: usize,
+    /// Validation loss.
+    pub val_loss: f64,
+    /// The task's validation metrics (`val_<name>`).
+    pub metrics: BTreeMap<String, f64>,
+}
+
 /// Why training stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -256,6 +269,10 @@ pub trait Hooks: Send {
     }
     /// After each epoch's validation.
     fn on_epoch(&mut self, _epoch: &EpochReport) -> ControlFlow<()> {
+        ControlFlow::Continue(())
+    }
+    /// After each validation within an epoch (`val_every_steps`).
+    fn on_validation(&mut self, _validation: &ValidationReport) -> ControlFlow<()> {
         ControlFlow::Continue(())
     }
 }

@@ -16,7 +16,8 @@ use burn::tensor::{Tensor, TensorData};
 use kiln_data::{FnSource, Source, SplitMix64, from_fn};
 use kiln_train::{
     CheckpointConfig, EXIT_INTERRUPTED, EarlyStopping, Error, Fitted, GradClip, Hooks, LoaderConfig, LrSchedule,
-    Monitor, Step, StepReport, StopReason, Task, Totals, TrainConfig, fit, latest_checkpoint, roc_auc,
+    Monitor, Step, StepReport, StopReason, Task, Totals, TrainConfig, ValidationReport, fit, latest_checkpoint,
+    roc_auc,
 };
 
 const FEATURES: usize = 8;
@@ -231,6 +232,42 @@ fn a_user_model_trains_with_named_metrics_and_resumes_exactly_with_any_worker_co
     }
 }
 
+/// Validation every 4 steps within epochs (10 steps each) reaches the hooks and the run, and
+/// neither it nor tracking changes the training: the loss curve and the epochs' metrics are
+/// those of an untracked training without it.
+#[test]
+fn validation_within_epochs_is_reported_and_changes_nothing() {
+    struct Seen(Vec<(u64, usize)>);
+    impl Hooks for Seen {
+        fn on_validation(&mut self, v: &ValidationReport) -> ControlFlow<()> {
+            assert!(v.metrics.contains_key("val_auc") && v.val_loss.is_finite(), "{v:?}");
+            self.0.push((v.step, v.epoch));
+            ControlFlow::Continue(())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = kiln_track::Store::open(dir.path().join("store")).unwrap();
+    let mut run = store.start_run("custom").unwrap();
+    let config = TrainConfig { val_every_steps: 4, epochs: 2, ..config(&dir.path().join("ckpt"), 0) };
+    let (train, val) = sources();
+    let mut seen = Seen(Vec::new());
+    let fitted = fit(&config, &task(), train, Some(val), Some(&mut run), &mut seen).unwrap();
+    let id = run.id().to_string();
+    run.finish().unwrap();
+    assert_eq!(seen.0, vec![(4, 1), (8, 1), (12, 2), (16, 2)], "not at 10 and 20: epoch ends validate anyway");
+    let logged: Vec<u64> =
+        store.metrics(&id).unwrap().iter().filter(|p| p.key == "step_val_auc").map(|p| p.step).collect();
+    assert_eq!(logged, vec![4, 8, 12, 16]);
+    let (train, val) = sources();
+    let plain = TrainConfig { val_every_steps: 0, checkpoint: None, ..config.clone() };
+    let reference = fit(&plain, &task(), train, Some(val), None, &mut ()).unwrap();
+    assert_eq!(fitted.step_losses, reference.step_losses);
+    assert_eq!(
+        fitted.history.iter().map(|e| &e.metrics).collect::<Vec<_>>(),
+        reference.history.iter().map(|e| &e.metrics).collect::<Vec<_>>()
+    );
+}
+
 #[test]
 fn a_failing_item_stops_training_with_an_error_naming_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -325,4 +362,51 @@ fn sigterm_mid_epoch_then_resume_reproduces_the_uninterrupted_curve_with_0_and_2
         assert_eq!(resumed.resumed_from, Some(info.step));
         assert_same(&resumed, &reference);
     }
+}
+
+/// The shipped regression task: a target in large units (grams, say) learned standardised;
+/// `val_rmse` picks the kept weights, and a `Regressor` with them predicts in the target's
+/// units with exactly the RMSE the training reported for that epoch.
+#[test]
+fn the_regression_task_reports_and_predicts_in_the_targets_units() {
+    use kiln_data::Rows;
+    use kiln_train::{ModelConfig, RegressionLoss, RegressionReport, RegressionTask, Regressor, TargetScaler};
+    use ndarray::Array2;
+    let make = |n: usize, seed: u64| {
+        let mut rng = SplitMix64::new(seed);
+        let x = Array2::from_shape_fn((n, 4), |_| rng.next_f64() as f32 * 2.0 - 1.0);
+        let y: Vec<f32> = x
+            .rows()
+            .into_iter()
+            .map(|r| 4000.0 + 600.0 * r[0] - 300.0 * r[1] * r[2] + 50.0 * (rng.next_f64() as f32 - 0.5))
+            .collect();
+        (x, y)
+    };
+    let ((xt, yt), (xv, yv)) = (make(400, 1), make(100, 2));
+    let scaler = TargetScaler::fit(&yt, "training").unwrap();
+    assert!((scaler.mean - 4000.0).abs() < 60.0, "{scaler:?}");
+    let task = RegressionTask::new(ModelConfig::mlp(4, &[32, 16], 1), RegressionLoss::Mse, scaler).unwrap();
+    let config = TrainConfig {
+        epochs: 30,
+        batch_size: 32,
+        learning_rate: 3e-3,
+        device: kiln_train::DeviceSpec::Cpu,
+        monitor: Monitor::new("val_rmse"),
+        ..TrainConfig::default()
+    };
+    let train = Rows::new("training", xt, yt).unwrap();
+    let val = Rows::new("validation", xv.clone(), yv.clone()).unwrap();
+    let fitted = fit(&config, &task, train, Some(val), None, &mut ()).unwrap();
+    let best = &fitted.history[fitted.best_epoch - 1];
+    let rmse = best.metric("val_rmse").unwrap();
+    assert!(rmse < 120.0, "val_rmse {rmse} g (the target's spread is ~380 g)");
+    assert!(best.metric("val_r2").unwrap() > 0.85, "{:?}", best.metrics);
+    assert!(fitted.history.iter().all(|e| e.metric("val_rmse").unwrap() >= rmse), "the kept epoch is the lowest");
+
+    let regressor = Regressor::from_weights(task.arch().clone(), scaler, &fitted.weights).unwrap();
+    let predicted = regressor.predict(xv.view()).unwrap();
+    let truth: Vec<f64> = yv.iter().map(|v| f64::from(*v)).collect();
+    let report = RegressionReport::new(&truth, &predicted).unwrap();
+    assert!((report.rmse - rmse).abs() < 1e-3 * rmse, "{} vs {rmse}", report.rmse);
+    assert!((report.mae - best.metric("val_mae").unwrap()).abs() < 1e-3 * report.mae);
 }
