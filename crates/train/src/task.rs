@@ -2,7 +2,7 @@
 //!
 //! A task says how to build the model on a device, how to turn a batch of items from a
 //! [`Source`](kiln_data::Source) into tensors, and what one step computes: the loss (not yet
-//! backwarded) and named sums for metrics. [`fit`] does everything else, the same way for
+//! backwarded) and named sums for metrics. [`fit`](crate::fit()) does everything else, the same way for
 //! every task: optimiser and schedule, accumulation, clipping, the NaN guard, early stopping
 //! and best checkpoints on any named metric, atomic step checkpoints with exact mid-epoch
 //! resume, signals, tracking, hooks. The task's code is generic over burn's `Backend`, so the
@@ -17,7 +17,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use crate::{Error, Result};
 
-/// A model, its data and its loss, for [`fit`].
+/// A model, its data and its loss, for [`fit`](crate::fit()).
 ///
 /// Implement it for a plain struct holding the task's settings; the model type is generic
 /// over the backend (`type Model<B: Backend> = MyNet<B>;` for a `#[derive(Module)]` struct).
@@ -167,7 +167,7 @@ impl Totals {
     }
 }
 
-/// A task that [`fit`] can train on every backend this build of kiln has: the CPU, and with
+/// A task that [`fit`](crate::fit()) can train on every backend this build of kiln has: the CPU, and with
 /// the `cuda` feature CUDA in f32, f16 and bf16. Every [`Task`] whose model is a
 /// `#[derive(Module)]` struct generic over its backend is one; nothing to implement.
 pub trait Trainable: Task + Sized {
