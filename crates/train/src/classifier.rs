@@ -65,34 +65,19 @@ impl Task for ClassifierTask {
     }
 
     fn collate<B: Backend>(&self, items: Vec<Row<usize>>, device: &B::Device) -> Result<Self::Batch<B>> {
-        let (inputs, classes) = (self.arch.inputs(), self.arch.classes());
-        let mut x = Vec::with_capacity(items.len() * inputs);
-        let mut y = Vec::with_capacity(items.len());
-        for row in &items {
-            let features = row.features();
-            if features.len() != inputs {
-                return Err(Error::Shape(format!(
-                    "row {}: {} features, the {} model takes {inputs}",
-                    row.index(),
-                    features.len(),
-                    self.arch.kind()
-                )));
-            }
-            let label = *row.target();
-            if label >= classes {
-                return Err(Error::Shape(format!(
+        let classes = self.arch.classes();
+        let x = features::<B, usize>(&items, &self.arch, device)?;
+        let y = items
+            .iter()
+            .map(|row| match *row.target() {
+                label if label < classes => Ok(label as i64),
+                label => Err(Error::Shape(format!(
                     "row {}: label index {label} is out of range for {classes} classes",
                     row.index()
-                )));
-            }
-            x.extend_from_slice(features);
-            y.push(label as i64);
-        }
-        let n = items.len();
-        Ok((
-            Tensor::from_data(TensorData::new(x, [n, inputs]), device),
-            Tensor::from_data(TensorData::new(y, [n]), device),
-        ))
+                ))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((x, Tensor::from_data(TensorData::new(y, [items.len()]), device)))
     }
 
     /// Unweighted cross-entropy (validation).
@@ -113,6 +98,30 @@ impl Task for ClassifierTask {
     fn valid_batch_size(&self, train_batch_size: usize) -> usize {
         train_batch_size.max(1024)
     }
+}
+
+/// The features of `rows` as one `[rows, inputs]` tensor for `arch`; a row of another width is
+/// an error naming it.
+pub(crate) fn features<B: Backend, T: kiln_data::Target>(
+    rows: &[Row<T>],
+    arch: &ModelConfig,
+    device: &B::Device,
+) -> Result<Tensor<B, 2>> {
+    let inputs = arch.inputs();
+    let mut x = Vec::with_capacity(rows.len() * inputs);
+    for row in rows {
+        let features = row.features();
+        if features.len() != inputs {
+            return Err(Error::Shape(format!(
+                "row {}: {} features, the {} model takes {inputs}",
+                row.index(),
+                features.len(),
+                arch.kind()
+            )));
+        }
+        x.extend_from_slice(features);
+    }
+    Ok(Tensor::from_data(TensorData::new(x, [rows.len(), inputs]), device))
 }
 
 fn to_tensor<B: Backend>(x: ArrayView2<'_, f32>, device: &B::Device) -> Tensor<B, 2> {

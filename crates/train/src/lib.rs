@@ -66,6 +66,7 @@ mod error;
 mod eval;
 mod fit;
 mod model;
+mod multilabel;
 mod optim;
 mod package;
 pub mod plot;
@@ -90,6 +91,7 @@ pub use eval::{
 };
 pub use fit::{Fitted, fit};
 pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, ModelConfig};
+pub use multilabel::MultiLabelTask;
 pub use package::{
     Lineage, MANIFEST_FILE, Manifest, ModelPackage, OLDEST_PACKAGE_FORMAT_VERSION, PACKAGE_FORMAT_VERSION, PackageSpec,
     PrecisionReport, Prediction, Predictor, compare_precision,

@@ -135,31 +135,15 @@ impl Task for RegressionTask {
     }
 
     fn collate<B: Backend>(&self, items: Vec<Row<f32>>, device: &B::Device) -> Result<Self::Batch<B>> {
-        let inputs = self.arch.inputs();
-        let mut x = Vec::with_capacity(items.len() * inputs);
-        let mut y = Vec::with_capacity(items.len());
-        for row in &items {
-            let features = row.features();
-            if features.len() != inputs {
-                return Err(Error::Shape(format!(
-                    "row {}: {} features, the {} model takes {inputs}",
-                    row.index(),
-                    features.len(),
-                    self.arch.kind()
-                )));
-            }
-            let target = *row.target();
-            if !target.is_finite() {
-                return Err(Error::Shape(format!("row {}: the target {target} is not a finite number", row.index())));
-            }
-            x.extend_from_slice(features);
-            y.push(self.target.transform(f64::from(target)) as f32);
-        }
-        let n = items.len();
-        Ok((
-            Tensor::from_data(TensorData::new(x, [n, inputs]), device),
-            Tensor::from_data(TensorData::new(y, [n]), device),
-        ))
+        let x = crate::classifier::features::<B, f32>(&items, &self.arch, device)?;
+        let y = items
+            .iter()
+            .map(|row| match *row.target() {
+                target if target.is_finite() => Ok(self.target.transform(f64::from(target)) as f32),
+                target => Err(Error::Shape(format!("row {}: the target {target} is not a finite number", row.index()))),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok((x, Tensor::from_data(TensorData::new(y, [items.len()]), device)))
     }
 
     fn step<B: Backend>(&self, model: &Model<B>, (x, y): Self::Batch<B>) -> Result<Step<B>> {

@@ -410,3 +410,63 @@ fn the_regression_task_reports_and_predicts_in_the_targets_units() {
     assert!((report.rmse - rmse).abs() < 1e-3 * rmse, "{} vs {rmse}", report.rmse);
     assert!((report.mae - best.metric("val_mae").unwrap()).abs() < 1e-3 * report.mae);
 }
+
+/// The shipped multi-label task: three labels from different rules on the features; the
+/// per-label F1 the training reports for the kept epoch is what the kept weights give when
+/// recomputed here, and the macro F1 picks the kept epoch.
+#[test]
+fn the_multi_label_task_reports_per_label_f1_and_auc() {
+    use kiln_data::Rows;
+    use kiln_train::{ModelConfig, MultiLabelTask};
+    use ndarray::Array2;
+    let make = |n: usize, seed: u64| {
+        let mut rng = SplitMix64::new(seed);
+        let x = Array2::from_shape_fn((n, 5), |_| rng.next_f64() as f32 * 2.0 - 1.0);
+        let y: Vec<Vec<f32>> = x
+            .rows()
+            .into_iter()
+            .map(|r| {
+                [r[0] > 0.0, r[1] + r[2] > 0.3, r[3] * r[4] > 0.0].iter().map(|b| f32::from(u8::from(*b))).collect()
+            })
+            .collect();
+        (x, y)
+    };
+    let ((xt, yt), (xv, yv)) = (make(600, 3), make(150, 4));
+    let names = vec!["left".to_string(), "sum".to_string(), "xor".to_string()];
+    let task = MultiLabelTask::new(ModelConfig::mlp(5, &[32, 32], 3), names.clone()).unwrap();
+    let config = TrainConfig {
+        epochs: 25,
+        batch_size: 32,
+        learning_rate: 3e-3,
+        device: kiln_train::DeviceSpec::Cpu,
+        monitor: Monitor::new("val_macro_f1"),
+        ..TrainConfig::default()
+    };
+    let train = Rows::new("training", xt, yt).unwrap();
+    let val = Rows::new("validation", xv.clone(), yv.clone()).unwrap();
+    let fitted = fit(&config, &task, train, Some(val), None, &mut ()).unwrap();
+    let best = &fitted.history[fitted.best_epoch - 1];
+    assert!(best.metric("val_macro_f1").unwrap() > 0.8, "{:?}", best.metrics);
+    assert!(best.metric("val_macro_auc").unwrap() > 0.85, "{:?}", best.metrics);
+    assert!(best.metrics.contains_key("train_f1_xor") && !best.metrics.contains_key("train_auc_xor"));
+
+    type Cpu = burn::backend::Flex;
+    let device = Default::default();
+    let model = fitted.load(task.init::<Cpu>(&device), &device).unwrap();
+    let input = Tensor::<Cpu, 2>::from_data(TensorData::new(xv.iter().copied().collect::<Vec<_>>(), [150, 5]), &device);
+    let p: Vec<f32> = burn::tensor::activation::sigmoid(model.forward(input)).into_data().to_vec().unwrap();
+    for (i, name) in names.iter().enumerate() {
+        let (mut tp, mut fp, mut fn_) = (0.0, 0.0, 0.0);
+        for (row, truth) in yv.iter().enumerate() {
+            match (p[row * 3 + i] >= 0.5, truth[i] == 1.0) {
+                (true, true) => tp += 1.0,
+                (true, false) => fp += 1.0,
+                (false, true) => fn_ += 1.0,
+                (false, false) => {}
+            }
+        }
+        let f1 = 2.0 * tp / (2.0 * tp + fp + fn_);
+        let reported = best.metric(&format!("val_f1_{name}")).unwrap();
+        assert!((reported - f1).abs() < 1e-9, "{name}: reported {reported}, recomputed {f1}");
+    }
+}
