@@ -510,6 +510,17 @@ impl Hooks for TrialHooks<'_> {
     fn on_epoch(&mut self, e: &EpochReport) -> std::ops::ControlFlow<()> {
         use std::ops::ControlFlow;
         let value = e.metric(self.metric.name());
+        if value.is_none() {
+            let mut known = vec!["train_loss".to_string()];
+            known.extend(e.val_loss.map(|_| "val_loss".to_string()));
+            known.extend(e.metrics.keys().cloned());
+            self.error = Some(kiln_train::Error::Config(format!(
+                "the sweep's objective {} is not reported by this training (it reports {})",
+                self.metric,
+                known.join(", ")
+            )));
+            return ControlFlow::Break(());
+        }
         let step = e.epoch as u64;
         if let Some(run) = self.trial.run() {
             let mut values = vec![("train_loss", e.train_loss)];

@@ -249,13 +249,13 @@ impl<S: Source> Loader<S> {
         let workers = self.workers.min(plan.len());
         for w in 0..workers {
             let (tx, rx): (SyncSender<Result<Vec<S::Item>>>, Receiver<_>) = sync_channel(self.prefetch);
-            let (plan, decode, stop) = (Arc::clone(&plan), Arc::clone(&decode), Arc::clone(&stop));
+            let (mine, decoder, stopped) = (Arc::clone(&plan), Arc::clone(&decode), Arc::clone(&stop));
             let spawned = std::thread::Builder::new().name(format!("kiln-loader-{w}")).spawn(move || {
-                for indices in plan.iter().skip(w).step_by(workers) {
-                    if stop.load(AtomicOrdering::Relaxed) {
+                for indices in mine.iter().skip(w).step_by(workers) {
+                    if stopped.load(AtomicOrdering::Relaxed) {
                         return;
                     }
-                    let decoded = decode(indices);
+                    let decoded = decoder(indices);
                     let failed = decoded.is_err();
                     if tx.send(decoded).is_err() || failed {
                         return;
@@ -268,13 +268,32 @@ impl<S: Source> Loader<S> {
                     threads.push(handle);
                 }
                 Err(e) => {
-                    tracing_free_warning(&format!("loader worker {w} could not start ({e}); decoding on fewer"));
+                    // The running workers stride by the full count: stop them all and decode on
+                    // the consumer's thread instead.
+                    tracing_free_warning(&format!(
+                        "loader worker {w} could not start ({e}); decoding on the calling thread"
+                    ));
+                    stop.store(true, AtomicOrdering::Relaxed);
+                    lanes.clear();
+                    for thread in threads.drain(..) {
+                        let _ = thread.join();
+                    }
                     break;
                 }
             }
         }
         let inline: Option<Decode<S::Item>> = lanes.is_empty().then_some(decode as Decode<S::Item>);
-        Batches { plan, first: from_batch, next: 0, lanes, threads, stop, inline, done: false }
+        Batches {
+            name: self.source.name(),
+            plan,
+            first: from_batch,
+            next: 0,
+            lanes,
+            threads,
+            stop,
+            inline,
+            done: false,
+        }
     }
 }
 
@@ -288,6 +307,7 @@ type Decode<I> = Arc<dyn Fn(&[usize]) -> Result<Vec<I>> + Send + Sync>;
 
 /// The batches of one epoch, in order ([`Loader::epoch`]). Stops after the first error.
 pub struct Batches<I> {
+    name: String,
     plan: Arc<Vec<Vec<usize>>>,
     first: usize,
     next: usize,
@@ -329,7 +349,8 @@ impl<I> Iterator for Batches<I> {
             Some(decode) => decode(indices),
             None => self.lanes[k % self.lanes.len()].recv().unwrap_or_else(|_| {
                 Err(Error::InvalidArgument(format!(
-                    "the loader worker decoding batch {} stopped without a result (it panicked)",
+                    "{}: the loader worker decoding batch {} stopped without a result (it panicked)",
+                    self.name,
                     self.first + k
                 )))
             }),

@@ -313,7 +313,9 @@ impl Client {
         let points = store.metrics(id)?;
         let mut first = LogBatch {
             params: record.params.clone(),
-            overwrite_params: false,
+            // The spooled params are the run's latest: they may overwrite ones that reached the
+            // server before the outage (a resumed training's adjusted settings).
+            overwrite_params: true,
             tags: record.tags.clone(),
             inputs: record.inputs.clone(),
             metrics: Vec::new(),

@@ -72,7 +72,7 @@ impl Task for ClassifierTask {
             .map(|row| match *row.target() {
                 label if label < classes => Ok(label as i64),
                 label => Err(Error::Shape(format!(
-                    "row {}: label index {label} is out of range for {classes} classes",
+                    "item {}: label index {label} is out of range for {classes} classes",
                     row.index()
                 ))),
             })
@@ -113,7 +113,7 @@ pub(crate) fn features<B: Backend, T: kiln_data::Target>(
         let features = row.features();
         if features.len() != inputs {
             return Err(Error::Shape(format!(
-                "row {}: {} features, the {} model takes {inputs}",
+                "item {}: {} features, the {} model takes {inputs}",
                 row.index(),
                 features.len(),
                 arch.kind()
@@ -290,6 +290,6 @@ mod tests {
             .collect();
         let task = ClassifierTask::new(ModelConfig::mlp(2, &[4], 2), None);
         let err = task.collate::<Flex>(items, &Default::default()).map(|_| ()).expect_err("label 2 of 2 classes");
-        assert!(err.to_string().contains("row 1: label index 2 is out of range for 2 classes"), "{err}");
+        assert!(err.to_string().contains("item 1: label index 2 is out of range for 2 classes"), "{err}");
     }
 }

@@ -183,14 +183,25 @@ impl MonitorMetric {
         &self.0
     }
 
-    /// The better direction, for names whose direction kiln knows: losses and errors
-    /// (`*loss`, `*rmse`, `*mse`, `*mae`, `*error`) are minimised; accuracies, AUCs, F1, R²,
-    /// precision and recall (`*accuracy`, `*auc`, `*f1`, `*r2`, `*precision`, `*recall`) are
-    /// maximised. Other names need [`Monitor::mode`].
+    /// The better direction, for names whose direction kiln knows: after the `train_`/`val_`
+    /// prefix, losses and errors (`*loss`, `*rmse`, `*mse`, `*mae`, `*error`) are minimised;
+    /// accuracies, AUCs, F1, R², precision and recall (`*accuracy`, `*auc`, `*f1`, `*r2`,
+    /// `*precision`, `*recall`) are maximised; a per-label metric (`auc_<label>`,
+    /// `f1_<label>`, ...) goes by its family. Other names need [`Monitor::mode`].
     pub fn known_mode(&self) -> Option<Mode> {
-        let name = self.0.as_ref();
         const MIN: &[&str] = &["loss", "rmse", "mse", "mae", "error"];
         const MAX: &[&str] = &["accuracy", "auc", "f1", "r2", "precision", "recall"];
+        let full = self.0.as_ref();
+        let name = ["step_val_", "train_", "val_"].iter().find_map(|p| full.strip_prefix(p)).unwrap_or(full);
+        // A per-label metric (`auc_<label>`, `f1_<label>`) is known by its family, whatever the
+        // label is called (`val_auc_hair_loss` is an AUC).
+        let family = |list: &[&str]| list.iter().any(|f| name.starts_with(&format!("{f}_")));
+        if family(MAX) {
+            return Some(Mode::Max);
+        }
+        if family(MIN) {
+            return Some(Mode::Min);
+        }
         if MIN.iter().any(|s| name.ends_with(s)) {
             Some(Mode::Min)
         } else if MAX.iter().any(|s| name.ends_with(s)) {
@@ -576,6 +587,11 @@ mod tests {
         let auc = read(r#"{"monitor": {"metric": "val_auc"}}"#);
         assert_eq!(auc.monitor.mode(), Mode::Max);
         assert!(auc.monitor.improves(0.9, 0.8, 0.0) && !auc.monitor.improves(0.8, 0.9, 0.0));
+        // Per-label metrics go by their family, not by the label's name.
+        assert_eq!(MonitorMetric::new("val_auc_hair_loss").known_mode(), Some(Mode::Max));
+        assert_eq!(MonitorMetric::new("val_f1_error").known_mode(), Some(Mode::Max));
+        assert_eq!(MonitorMetric::new("val_macro_f1").known_mode(), Some(Mode::Max));
+        assert_eq!(MonitorMetric::new("val_rmse").known_mode(), Some(Mode::Min));
         let odd = read(r#"{"monitor": {"metric": "train_dice_score"}}"#);
         let err = odd.validate().unwrap_err().to_string();
         assert!(err.contains("monitor.mode") && err.contains("train_dice_score"), "{err}");

@@ -21,6 +21,9 @@ pub enum Error {
     /// A configuration value is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// A task's code failed on a batch: which data set, epoch and batch, and why.
+    #[error("{0}")]
+    Task(String),
     /// Inputs do not have the shape the model expects.
     #[error("shape mismatch: {0}")]
     Shape(String),

@@ -343,15 +343,17 @@ impl<S: Source> Job<'_, S> {
                 let flow = fit.after_step(step_loss, epoch, elapsed, sizes[..group_end].iter().sum())?;
                 let epoch_done = group_end == sizes.len();
                 let out_of_steps = config.max_steps.is_some_and(|m| fit.state.step >= m);
+                let mut signal = fit.listening.as_ref().and_then(signals::Listening::received);
                 let every = config.val_every_steps;
-                let flow = if every > 0 && fit.state.step.is_multiple_of(every) && !epoch_done && !out_of_steps {
-                    // (The epoch end validates anyway.)
+                let validate = every > 0 && fit.state.step.is_multiple_of(every) && !epoch_done && !out_of_steps;
+                // (The epoch end validates anyway; a stop goes straight to its checkpoint.)
+                let flow = if validate && signal.is_none() && flow.is_continue() {
                     let asked = fit.validate_mid_epoch(&model)?;
-                    if asked.is_break() { asked } else { flow }
+                    signal = fit.listening.as_ref().and_then(signals::Listening::received);
+                    asked
                 } else {
                     flow
                 };
-                let signal = fit.listening.as_ref().and_then(signals::Listening::received);
                 if !epoch_done && !out_of_steps {
                     let early = if let Some(sig) = signal {
                         Some(StopReason::Interrupted { signal: sig })
@@ -410,6 +412,11 @@ impl<S: Source> Job<'_, S> {
             resumed_from,
         })
     }
+}
+
+/// An error of the task's code, with the batch it happened in.
+fn in_batch(what: &str, e: Error) -> Error {
+    Error::Task(format!("{what}: {e}"))
 }
 
 fn progress(items: usize, epoch: usize, epochs: usize) -> ProgressBar {
@@ -509,17 +516,21 @@ where
             })??;
             debug_assert_eq!(batch.index, b);
             let rows = batch.items.len();
+            let what = format!("{}, epoch {}, batch {b}", self.train.source().name(), self.state.epoch);
             B::seed(&self.device, batch_seed(config.seed, self.state.epoch, b));
-            let tensors = self.task.collate::<B>(batch.items, &self.device)?;
-            let out = self.task.train_step(model, tensors)?;
+            let out = self
+                .task
+                .collate::<B>(batch.items, &self.device)
+                .and_then(|tensors| self.task.train_step(model, tensors))
+                .map_err(|e| in_batch(&what, e))?;
             if out.rows != rows {
                 return Err(Error::Shape(format!(
-                    "the task's step reported {} rows for a batch of {rows} items (epoch {}, batch {b})",
-                    out.rows, self.state.epoch
+                    "{what}: the task's step reported {} rows for {rows} items",
+                    out.rows
                 )));
             }
             let loss = out.loss.clone();
-            let loss_value = totals.add(out, false)?;
+            let loss_value = totals.add(out, false, &what)?;
             if !loss_value.is_finite() {
                 return Err(self.diverged("loss", loss_value));
             }
@@ -579,15 +590,19 @@ where
         for batch in val.epoch(self.config.seed, 0, 0) {
             let batch = batch?;
             let rows = batch.items.len();
-            let tensors = self.task.collate::<B::InnerBackend>(batch.items, &self.device)?;
-            let out = self.task.step(model, tensors)?;
+            let what = format!("{}, batch {}", val.source().name(), batch.index);
+            let out = self
+                .task
+                .collate::<B::InnerBackend>(batch.items, &self.device)
+                .and_then(|tensors| self.task.step(model, tensors))
+                .map_err(|e| in_batch(&what, e))?;
             if out.rows != rows {
                 return Err(Error::Shape(format!(
-                    "the task's step reported {} rows for a validation batch of {rows} items (batch {})",
-                    out.rows, batch.index
+                    "{what}: the task's step reported {} rows for {rows} items",
+                    out.rows
                 )));
             }
-            totals.add(out, true)?;
+            totals.add(out, true, &what)?;
         }
         Ok(totals)
     }
@@ -651,12 +666,17 @@ where
         }
         let config = self.config;
         let monitor = &config.monitor;
-        let monitored = report.metric(monitor.name());
+        let reported = report.metric(monitor.name());
+        // A NaN (an AUC over one class, say) is no value: it can neither be the best nor beat it.
+        let monitored = reported.filter(|v| v.is_finite());
+        if let Some(v) = reported.filter(|v| !v.is_finite()) {
+            tracing::warn!(epoch, "{} is {v}; this epoch is not ranked", monitor.name());
+        }
         // Without a validation set a `val_` metric has no value, and the last weights are kept
         // (fit refuses early stopping and best checkpoints on it up front).
         let unmonitorable = self.val.is_none() && monitor.needs_validation();
         if !self.monitor_checked && !unmonitorable {
-            if monitored.is_none() {
+            if reported.is_none() {
                 let mut known = vec!["train_loss".to_string()];
                 known.extend(report.val_loss.map(|_| "val_loss".to_string()));
                 known.extend(report.metrics.keys().cloned());

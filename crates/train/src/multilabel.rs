@@ -80,14 +80,14 @@ impl Task for MultiLabelTask {
             let target = row.target();
             if target.len() != labels {
                 return Err(Error::Shape(format!(
-                    "row {}: {} label values, the task has {labels} labels",
+                    "item {}: {} label values, the task has {labels} labels",
                     row.index(),
                     target.len()
                 )));
             }
             if let Some((label, v)) = target.iter().enumerate().find(|(_, v)| **v != 0.0 && **v != 1.0) {
                 return Err(Error::Shape(format!(
-                    "row {}, label `{}`: expected 0 or 1, found {v}",
+                    "item {}, label `{}`: expected 0 or 1, found {v}",
                     row.index(),
                     self.labels[label]
                 )));
@@ -172,7 +172,7 @@ mod tests {
         let rows = Rows::new("training", Array2::zeros((2, 2)), vec![vec![1.0, 0.0], vec![1.0, 0.5]]).unwrap();
         let items = (0..2).map(|i| rows.get(i, &mut SplitMix64::new(0)).unwrap()).collect();
         let err = task.collate::<Flex>(items, &Default::default()).map(|_| ()).unwrap_err().to_string();
-        assert!(err.contains("row 1, label `dog`: expected 0 or 1, found 0.5"), "{err}");
+        assert!(err.contains("item 1, label `dog`: expected 0 or 1, found 0.5"), "{err}");
         let err = MultiLabelTask::new(ModelConfig::mlp(2, &[4], 2), vec!["a b".into(), "c".into()]).unwrap_err();
         assert!(err.to_string().contains("\"a b\""), "{err}");
         let err = MultiLabelTask::new(ModelConfig::mlp(2, &[4], 3), vec!["a".into(), "c".into()]).unwrap_err();

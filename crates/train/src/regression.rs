@@ -140,7 +140,9 @@ impl Task for RegressionTask {
             .iter()
             .map(|row| match *row.target() {
                 target if target.is_finite() => Ok(self.target.transform(f64::from(target)) as f32),
-                target => Err(Error::Shape(format!("row {}: the target {target} is not a finite number", row.index()))),
+                target => {
+                    Err(Error::Shape(format!("item {}: the target {target} is not a finite number", row.index())))
+                }
             })
             .collect::<Result<Vec<_>>>()?;
         Ok((x, Tensor::from_data(TensorData::new(y, [items.len()]), device)))

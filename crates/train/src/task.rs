@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use burn::module::{AutodiffModule, Module};
-use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::{Error, Result};
 
@@ -90,10 +90,12 @@ impl<B: Backend> Step<B> {
         Self { loss, rows, sums: Vec::new(), values: Vec::new() }
     }
 
-    /// Adds a named sum (a one-element tensor, or any tensor, which is summed).
+    /// Adds a named sum (a one-element tensor, or any tensor, which is summed). The sum is taken
+    /// in f32 whatever the backend's float type, so counts stay exact and squares do not
+    /// overflow in f16 or bf16.
     #[must_use]
     pub fn sum<const D: usize>(mut self, name: impl Into<Cow<'static, str>>, value: Tensor<B, D>) -> Self {
-        self.sums.push((name.into(), value.sum()));
+        self.sums.push((name.into(), value.cast(FloatDType::F32).sum()));
         self
     }
 
@@ -145,11 +147,25 @@ impl Totals {
         self.values.get(name).map_or(&[], Vec::as_slice)
     }
 
-    pub(crate) fn add<B: Backend>(&mut self, step: Step<B>, keep_values: bool) -> Result<f64> {
+    /// Adds a step's loss and sums (read from the device at once); returns the step's loss.
+    /// `what` names the batch in errors.
+    pub(crate) fn add<B: Backend>(&mut self, step: Step<B>, keep_values: bool, what: &str) -> Result<f64> {
         let Step { loss, rows, sums, values } = step;
+        if loss.dims() != [1] {
+            return Err(Error::Shape(format!(
+                "{what}: the task's loss has shape {:?}; it must be the batch mean, one element (call `.mean()`)",
+                loss.dims()
+            )));
+        }
+        if let Some((name, t)) = sums.iter().find(|(_, t)| t.dims() != [1]) {
+            return Err(Error::Shape(format!(
+                "{what}: the task's sum `{name}` has shape {:?}; it must have one element (use `Step::sum`)",
+                t.dims()
+            )));
+        }
         let mut parts = Vec::with_capacity(1 + sums.len());
-        parts.push(loss.detach().reshape([1]));
-        parts.extend(sums.iter().map(|(_, t)| t.clone().reshape([1])));
+        parts.push(loss.detach().cast(FloatDType::F32));
+        parts.extend(sums.iter().map(|(_, t)| t.clone().cast(FloatDType::F32)));
         // One read from the device for the loss and every sum.
         let read: Vec<f64> = Tensor::cat(parts, 0).into_data().iter::<f32>().map(f64::from).collect();
         let loss = read[0];

@@ -172,13 +172,15 @@ pub struct EpochReport {
     #[serde(default)]
     pub step: u64,
     /// Mean training loss over the epoch's batches (class-weighted if configured).
+    #[serde(with = "nonfinite::one")]
     pub train_loss: f64,
     /// Validation loss at the end of the epoch.
+    #[serde(with = "nonfinite::option")]
     pub val_loss: Option<f64>,
     /// The task's metrics over the epoch's training batches (`train_<name>`, with dropout
     /// active) and over the validation set (`val_<name>`): `train_accuracy` and
-    /// `val_accuracy` for classifiers.
-    #[serde(default)]
+    /// `val_accuracy` for classifiers. May hold NaN (an AUC over one class).
+    #[serde(default, with = "nonfinite::map")]
     pub metrics: BTreeMap<String, f64>,
     /// Training wall time of the epoch, validation excluded.
     pub seconds: f64,
@@ -219,6 +221,74 @@ pub struct StepReport {
     pub learning_rate: f64,
     /// Training rows per second over the epoch so far.
     pub rows_per_second: f64,
+}
+
+/// Floats that may be NaN or infinite, in JSON (checkpoint state): a number when finite, else
+/// the string `"NaN"`, `"inf"` or `"-inf"` (serde_json would write `null` and refuse to read it
+/// back).
+pub(crate) mod nonfinite {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Number(f64),
+        Text(String),
+    }
+
+    fn wire(v: f64) -> Wire {
+        if v.is_finite() {
+            Wire::Number(v)
+        } else if v.is_nan() {
+            Wire::Text("NaN".into())
+        } else {
+            Wire::Text(if v > 0.0 { "inf" } else { "-inf" }.into())
+        }
+    }
+
+    fn value<E: serde::de::Error>(w: Wire) -> Result<f64, E> {
+        match w {
+            Wire::Number(v) => Ok(v),
+            Wire::Text(t) => match t.as_str() {
+                "NaN" => Ok(f64::NAN),
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                other => Err(E::custom(format!("expected a number, \"NaN\", \"inf\" or \"-inf\", found {other:?}"))),
+            },
+        }
+    }
+
+    pub(crate) mod one {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+            wire(*v).serialize(s)
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+            value(Wire::deserialize(d)?)
+        }
+    }
+
+    pub(crate) mod option {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(v: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+            v.map(wire).serialize(s)
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+            Option::<Wire>::deserialize(d)?.map(value).transpose()
+        }
+    }
+
+    pub(crate) mod map {
+        use super::*;
+        pub(crate) fn serialize<S: Serializer>(m: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+            m.iter().map(|(k, v)| (k, wire(*v))).collect::<BTreeMap<_, _>>().serialize(s)
+        }
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+            BTreeMap::<String, Wire>::deserialize(d)?.into_iter().map(|(k, w)| Ok((k, value(w)?))).collect()
+        }
+    }
 }
 
 /// A validation within an epoch (`TrainConfig::val_every_steps`), as hooks see it.
@@ -683,6 +753,26 @@ mod tests {
         let config = TrainConfig { class_weights: ClassWeights::Balanced, ..TrainConfig::default() };
         // n / (classes * count): 6 / (3 * 4), 6 / (3 * 2), and 0 for a class with no rows.
         assert_eq!(class_weights(&config, 3, &data).unwrap(), Some(vec![0.5, 1.0, 0.0]));
+    }
+
+    /// An epoch report with NaN metrics (an AUC over one class) survives a checkpoint's JSON.
+    #[test]
+    fn epoch_reports_with_non_finite_values_round_trip_through_json() {
+        let report = EpochReport {
+            epoch: 2,
+            step: 20,
+            train_loss: 0.5,
+            val_loss: Some(f64::INFINITY),
+            metrics: [("val_auc".to_string(), f64::NAN), ("val_accuracy".to_string(), 0.75)].into_iter().collect(),
+            seconds: 1.0,
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        assert!(json.contains("\"val_auc\":\"NaN\"") && json.contains("\"val_loss\":\"inf\""), "{json}");
+        let back: EpochReport = serde_json::from_str(&json).unwrap();
+        assert!(back.metrics["val_auc"].is_nan() && back.val_loss == Some(f64::INFINITY));
+        assert_eq!(back.metrics["val_accuracy"], 0.75);
+        let none: EpochReport = serde_json::from_str(&json.replace("\"inf\"", "null")).unwrap();
+        assert_eq!(none.val_loss, None);
     }
 
     #[test]
