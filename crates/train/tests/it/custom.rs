@@ -470,3 +470,67 @@ fn the_multi_label_task_reports_per_label_f1_and_auc() {
         assert!((reported - f1).abs() < 1e-9, "{name}: reported {reported}, recomputed {f1}");
     }
 }
+
+/// A label that never occurs makes its validation AUC NaN every epoch: the epoch reports keep the
+/// NaN, the checkpoints holding them stay readable, and a run stopped mid-epoch resumes to the
+/// same curve. An epoch whose monitored value is NaN is never ranked best.
+#[test]
+fn nan_metrics_survive_checkpoints_and_are_never_the_best() {
+    use kiln_data::Rows;
+    use kiln_train::{ModelConfig, MultiLabelTask};
+    use ndarray::Array2;
+    let make = |n: usize, seed: u64| {
+        let mut rng = SplitMix64::new(seed);
+        let x = Array2::from_shape_fn((n, 3), |_| rng.next_f64() as f32 * 2.0 - 1.0);
+        let y: Vec<Vec<f32>> = x.rows().into_iter().map(|r| vec![f32::from(u8::from(r[0] > 0.0)), 0.0]).collect();
+        (x, y)
+    };
+    let ((xt, yt), (xv, yv)) = (make(160, 5), make(40, 6));
+    let task = MultiLabelTask::new(ModelConfig::mlp(3, &[8], 2), vec!["half".into(), "never".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |monitor: &str| TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        device: kiln_train::DeviceSpec::Cpu,
+        monitor: Monitor::new(monitor),
+        checkpoint: Some(CheckpointConfig { every_steps: 3, keep_best: 2, ..CheckpointConfig::new(dir.path()) }),
+        ..TrainConfig::default()
+    };
+    let sources = || {
+        (
+            Rows::new("training", xt.clone(), yt.clone()).unwrap(),
+            Rows::new("validation", xv.clone(), yv.clone()).unwrap(),
+        )
+    };
+    let (train, val) = sources();
+    let first = fit(&config("val_macro_auc"), &task, train, Some(val), None, &mut StopAt(14)).unwrap();
+    assert_eq!(first.steps, 14);
+    assert!(first.history[0].metric("val_auc_never").unwrap().is_nan());
+    let (train, val) = sources();
+    let resumed = fit(&config("val_macro_auc"), &task, train, Some(val), None, &mut ()).unwrap();
+    assert_eq!(resumed.resumed_from, Some(14), "the checkpoint with NaN metrics was read back");
+    assert!(resumed.history.iter().all(|e| e.metric("val_auc_never").unwrap().is_nan()));
+    let reference_dir = tempfile::tempdir().unwrap();
+    let (train, val) = sources();
+    let reference_config = TrainConfig {
+        checkpoint: Some(CheckpointConfig {
+            every_steps: 3,
+            keep_best: 2,
+            ..CheckpointConfig::new(reference_dir.path())
+        }),
+        ..config("val_macro_auc")
+    };
+    let reference = fit(&reference_config, &task, train, Some(val), None, &mut ()).unwrap();
+    assert_eq!(resumed.step_losses, reference.step_losses);
+
+    // Monitoring the NaN metric itself: no epoch is ranked, the last weights are kept.
+    let other = tempfile::tempdir().unwrap();
+    let (train, val) = sources();
+    let nan_config = TrainConfig {
+        checkpoint: Some(CheckpointConfig { keep_best: 2, ..CheckpointConfig::new(other.path()) }),
+        ..config("val_auc_never")
+    };
+    let fitted = fit(&nan_config, &task, train, Some(val), None, &mut ()).unwrap();
+    assert_eq!(fitted.best_epoch, 3, "no best epoch: the last state is kept");
+    assert!(kiln_train::best_checkpoints(other.path()).unwrap().is_empty());
+}
