@@ -43,6 +43,50 @@ use crate::{Error, Result, SplitMix64};
 /// `get` must be a pure function of the index and the generator it is given: called twice
 /// with the same arguments it returns the same item. That is what makes a resumed training
 /// and a training with more loader workers reproduce the same results.
+///
+/// ```
+/// use kiln_data::{Error, Loader, Source, SplitMix64};
+///
+/// /// Sequences stored one per line of a text file already read into memory, flipped at
+/// /// random (augmentation from the item's generator).
+/// struct Lines {
+///     path: String,
+///     lines: Vec<String>,
+/// }
+///
+/// impl Source for Lines {
+///     type Item = Vec<f32>;
+///     fn name(&self) -> String {
+///         self.path.clone()
+///     }
+///     fn len(&self) -> usize {
+///         self.lines.len()
+///     }
+///     fn get(&self, index: usize, rng: &mut SplitMix64) -> kiln_data::Result<Vec<f32>> {
+///         let mut values = self.lines[index]
+///             .split(',')
+///             .map(|v| v.trim().parse::<f32>())
+///             .collect::<Result<Vec<_>, _>>()
+///             .map_err(|e| Error::Parse {
+///                 path: self.path.clone().into(),
+///                 line: Some(index + 1),
+///                 column: None,
+///                 message: format!("expected numbers separated by commas: {e}"),
+///             })?;
+///         if rng.below(2) == 1 {
+///             values.reverse();
+///         }
+///         Ok(values)
+///     }
+///     fn fingerprint(&self) -> kiln_data::Result<String> {
+///         Ok(format!("{}:{}", self.path, self.lines.len()))
+///     }
+/// }
+///
+/// let source = Lines { path: "seq.txt".into(), lines: vec!["1, 2".into(), "3, x".into()] };
+/// let err = Loader::new(source, 2).epoch(1, 1, 0).next().unwrap().unwrap_err();
+/// assert!(err.to_string().contains("seq.txt: item 1: seq.txt, line 2"));
+/// ```
 pub trait Source: Send + Sync + 'static {
     /// One decoded item (a row, an image and its label, ...).
     type Item: Send + 'static;

@@ -309,9 +309,11 @@ impl<S: Source> Job<'_, S> {
         let mut stop = StopReason::Completed;
         'epochs: while fit.state.epoch <= config.epochs {
             let epoch = fit.state.epoch;
-            let sizes: Vec<usize> = train.plan(config.seed, epoch).iter().map(Vec::len).collect();
+            // Batch sizes do not depend on the order: full batches, then the remainder.
+            let (rows, batch_size) = (train.source().len(), train.batch_size());
+            let sizes: Vec<usize> = (0..batches).map(|b| (rows - b * batch_size).min(batch_size)).collect();
             let mut totals = fit.state.epoch_totals();
-            let bar = progress(train.source().len(), epoch, config.epochs);
+            let bar = progress(rows, epoch, config.epochs);
             bar.set_position(sizes[..fit.state.batch].iter().sum::<usize>() as u64);
             let started = Instant::now();
             let seconds_before = fit.state.epoch_seconds;
@@ -338,7 +340,6 @@ impl<S: Source> Job<'_, S> {
                 };
                 fit.state.step += 1;
                 fit.state.batch = group_end;
-                fit.state.set_epoch_totals(&totals);
                 let elapsed = seconds_before + started.elapsed().as_secs_f64();
                 let flow = fit.after_step(step_loss, epoch, elapsed, sizes[..group_end].iter().sum())?;
                 let epoch_done = group_end == sizes.len();
@@ -365,6 +366,7 @@ impl<S: Source> Job<'_, S> {
                     let every = ckpt.map_or(0, |c| c.every_steps);
                     if early.is_some() || (every > 0 && fit.state.step.is_multiple_of(every)) {
                         fit.state.epoch_seconds = elapsed;
+                        fit.state.set_epoch_totals(&totals);
                         fit.save(&model, None)?;
                     }
                     if let Some(reason) = early {

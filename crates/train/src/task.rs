@@ -23,6 +23,52 @@ use crate::{Error, Result};
 /// over the backend (`type Model<B: Backend> = MyNet<B>;` for a `#[derive(Module)]` struct).
 /// kiln calls [`Task::train_step`] on an autodiff backend and [`Task::step`] on its inner
 /// backend for validation (where dropout is off and batch norm uses its running statistics).
+///
+/// A linear regression, as small as a task gets (docs/training.md, "Your own model", has a
+/// fuller one):
+///
+/// ```
+/// use burn::nn::{Linear, LinearConfig};
+/// use burn::tensor::backend::Backend;
+/// use burn::tensor::{Tensor, TensorData};
+/// use kiln_data::{SplitMix64, from_fn};
+/// use kiln_train::{DeviceSpec, Step, Task, TrainConfig, fit};
+///
+/// struct Line;
+///
+/// impl Task for Line {
+///     type Item = (f32, f32);
+///     type Model<B: Backend> = Linear<B>;
+///     type Batch<B: Backend> = (Tensor<B, 2>, Tensor<B, 2>);
+///
+///     fn describe(&self) -> serde_json::Value {
+///         serde_json::json!({ "kind": "line" })
+///     }
+///     fn init<B: Backend>(&self, device: &B::Device) -> Linear<B> {
+///         LinearConfig::new(1, 1).init(device)
+///     }
+///     fn collate<B: Backend>(&self, items: Vec<(f32, f32)>, device: &B::Device) -> kiln_train::Result<Self::Batch<B>> {
+///         let n = items.len();
+///         let (x, y): (Vec<f32>, Vec<f32>) = items.into_iter().unzip();
+///         Ok((Tensor::from_data(TensorData::new(x, [n, 1]), device), Tensor::from_data(TensorData::new(y, [n, 1]), device)))
+///     }
+///     fn step<B: Backend>(&self, line: &Linear<B>, (x, y): Self::Batch<B>) -> kiln_train::Result<Step<B>> {
+///         let n = y.dims()[0];
+///         let error = line.forward(x) - y;
+///         Ok(Step::new(error.clone().powi_scalar(2).mean(), n).sum("mse", error.detach().powi_scalar(2)))
+///     }
+/// }
+///
+/// # fn main() -> kiln_train::Result<()> {
+/// let points = from_fn("y = 2x + 1", 64, "v1", |i, _: &mut SplitMix64| {
+///     let x = i as f32 / 64.0;
+///     Ok((x, 2.0 * x + 1.0))
+/// });
+/// let config = TrainConfig { epochs: 100, batch_size: 16, learning_rate: 0.05, device: DeviceSpec::Cpu, ..Default::default() };
+/// let fitted = fit(&config, &Line, points, None, None, &mut ())?;
+/// assert!(fitted.history.last().and_then(|e| e.metric("train_mse")).unwrap() < 1e-3);
+/// # Ok(()) }
+/// ```
 pub trait Task: Send + Sync {
     /// One decoded example, as the data source yields it.
     type Item: Send + 'static;
@@ -172,7 +218,12 @@ impl Totals {
         self.rows += rows;
         self.loss_sum += loss * rows as f64;
         for ((name, _), v) in sums.iter().zip(&read[1..]) {
-            *self.sums.entry(name.to_string()).or_default() += v;
+            match self.sums.get_mut(name.as_ref()) {
+                Some(sum) => *sum += v,
+                None => {
+                    self.sums.insert(name.to_string(), *v);
+                }
+            }
         }
         if keep_values {
             for (name, t) in values {
