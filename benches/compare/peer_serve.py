@@ -41,6 +41,8 @@ def load(dir_):
         manifest = json.load(f)
     if manifest["format_version"] < 3:
         raise SystemExit(f"{dir_}: format {manifest['format_version']} package; this peer reads safetensors weights (format 3)")
+    if manifest.get("task", {"kind": "classification"})["kind"] != "classification":
+        raise SystemExit(f"{dir_}: a {manifest['task']['kind']} package; this peer serves classifiers")
     config = manifest["model"]
     model = Mlp(config["inputs"], config["hidden"], config["classes"])
     model.load_state_dict(load_file(os.path.join(dir_, "weights.safetensors")), strict=True)

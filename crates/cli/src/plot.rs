@@ -81,6 +81,13 @@ pub fn eval_report(store: &Store, run: &str, artifact: &str) -> Result<EvalRepor
         .with_context(|| format!("artifact {name:?} of run {run} holds no evaluation report (no eval.json)"))?;
     let path = store.object_path(&file.digest)?;
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    if let Ok(r) = serde_json::from_slice::<kiln_train::RegressionReport>(&bytes) {
+        bail!(
+            "artifact {name:?} of run {run} is a regression's evaluation (RMSE {:.4}, MAE {:.4}): confusion matrices and reliability diagrams are for classifiers; `kiln train` logs a regression's residual plot as the artifact residuals.svg",
+            r.rmse,
+            r.mae
+        );
+    }
     serde_json::from_slice(&bytes)
         .with_context(|| format!("artifact {name:?} of run {run} is not a kiln evaluation report"))
 }

@@ -13,15 +13,17 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+use kiln_data::Rows;
 use kiln_data::{Dataset, DatasetProfile, LabelEncoder, Pipeline, ProfileOptions, Schema, SplitFractions, TrainSplit};
 use kiln_data::{FittedPipeline, Quarantine};
-use kiln_track::{DatasetInput, RegisterOptions, Store};
+use kiln_track::{DatasetInput, RegisterOptions, Store, Tracker};
 use kiln_train::tune::{
     Direction, ParamSpec, PrunerConfig, SamplerConfig, SearchSpace, Study, StudyConfig, Tracking, Trial,
 };
 use kiln_train::{
-    EpochReport, EvalReport, Examples, Hooks, Lineage, Mode, ModelConfig, ModelPackage, Monitor, MonitorMetric,
-    PackageSpec, PromotionGate, TrainConfig,
+    EpochReport, EvalReport, Examples, Fitted, Hooks, Lineage, Mode, ModelConfig, ModelPackage, Monitor, MonitorMetric,
+    PackageSpec, PromotionGate, RegressionLoss, RegressionReport, RegressionTask, Regressor, TargetScaler, TrainConfig,
+    Trained,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -71,6 +73,14 @@ pub struct Recipe {
     /// A name for the run.
     #[serde(default)]
     pub run_name: Option<String>,
+    /// What to learn: `classification` (the default; a class per row) or `regression` (a
+    /// number per row, from a numeric label column).
+    #[serde(default)]
+    pub task: TaskKind,
+    /// The loss of a regression: `{ kind = "mse" }` (the default) or
+    /// `{ kind = "huber", delta = 1.0 }` (delta in standard deviations of the target).
+    #[serde(default)]
+    pub loss: Option<RegressionLoss>,
     /// The data.
     pub data: DataSection,
     /// Preprocessing; the label column is always excluded from the features.
@@ -87,6 +97,18 @@ pub struct Recipe {
     /// A hyperparameter search over this config (`kiln train --study`, `kiln slurm sweep`).
     #[serde(default)]
     pub sweep: Option<SweepSection>,
+}
+
+/// What `kiln train` learns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A class per row (weighted cross-entropy), from a label column of any type.
+    #[default]
+    Classification,
+    /// A number per row (MSE or Huber on the standardised target; RMSE, MAE and R² in the
+    /// target's units), from a numeric label column.
+    Regression,
 }
 
 /// `[sweep]`: which config values to search, and how.
@@ -347,7 +369,7 @@ fn model_config(model: &toml::Table, inputs: usize, classes: usize, path: &Path)
         .map_err(|e| anyhow::anyhow!("{}: [model]: {}", path.display(), e.to_string().trim_end()))?;
     if config.inputs() != inputs || config.classes() != classes {
         bail!(
-            "{}: [model] takes {} inputs and {} classes, but the data gives {inputs} features and {classes} classes",
+            "{}: [model] takes {} inputs and {} outputs (classes), but the data gives {inputs} features and {classes} output(s)",
             path.display(),
             config.inputs(),
             config.classes()
@@ -396,17 +418,94 @@ struct Prepared {
     train_rows: TrainSplit,
     pipeline: Pipeline,
     fitted: FittedPipeline,
-    encoder: LabelEncoder,
-    train_set: Examples,
-    val_set: Examples,
-    test_set: Examples,
+    sets: Sets,
     model: ModelConfig,
+}
+
+/// The three parts of the data, by task.
+enum Sets {
+    Classes { encoder: LabelEncoder, train: Examples, val: Examples, test: Examples },
+    Numeric { target: TargetScaler, train: Rows<f32>, val: Rows<f32>, test: Rows<f32> },
+}
+
+impl Sets {
+    fn lens(&self) -> [usize; 3] {
+        match self {
+            Self::Classes { train, val, test, .. } => [train.len(), val.len(), test.len()],
+            Self::Numeric { train, val, test, .. } => {
+                [train.targets().len(), val.targets().len(), test.targets().len()]
+            }
+        }
+    }
+
+    /// The model's outputs: one per class, or one number.
+    fn outputs(&self) -> usize {
+        match self {
+            Self::Classes { encoder, .. } => encoder.len(),
+            Self::Numeric { .. } => 1,
+        }
+    }
+}
+
+/// What one training produced.
+enum Outcome {
+    Classifier(Trained),
+    Regression { fitted: Fitted, task: RegressionTask },
+}
+
+impl Outcome {
+    fn history(&self) -> &[EpochReport] {
+        match self {
+            Self::Classifier(t) => &t.history,
+            Self::Regression { fitted, .. } => &fitted.history,
+        }
+    }
+
+    fn best_epoch(&self) -> usize {
+        match self {
+            Self::Classifier(t) => t.best_epoch,
+            Self::Regression { fitted, .. } => fitted.best_epoch,
+        }
+    }
+
+    fn device(&self) -> String {
+        match self {
+            Self::Classifier(t) => t.device.to_string(),
+            Self::Regression { fitted, .. } => fitted.device.to_string(),
+        }
+    }
+}
+
+/// Trains `model` on the prepared data with `recipe`'s settings.
+fn fit_prepared(
+    prepared: &Prepared,
+    recipe: &Recipe,
+    model: &ModelConfig,
+    tracker: Option<&mut dyn Tracker>,
+    hooks: &mut dyn Hooks,
+) -> Result<Outcome> {
+    Ok(match &prepared.sets {
+        Sets::Classes { train, val, .. } => {
+            Outcome::Classifier(kiln_train::train(&recipe.train, model, train, Some(val), tracker, hooks)?)
+        }
+        Sets::Numeric { target, train, val, .. } => {
+            let task = RegressionTask::new(model.clone(), recipe.loss.unwrap_or_default(), *target)?;
+            let fitted = kiln_train::fit(&recipe.train, &task, train.clone(), Some(val.clone()), tracker, hooks)?;
+            Outcome::Regression { fitted, task }
+        }
+    })
 }
 
 fn prepare(recipe: &Recipe, config_path: &Path) -> Result<Prepared> {
     let base = config_path.parent().unwrap_or(Path::new("."));
     let data_path = base.join(&recipe.data.path);
     let d = &recipe.data;
+    if recipe.loss.is_some() && recipe.task != TaskKind::Regression {
+        bail!(
+            "{}: loss is set, but it is the loss of task = \"regression\" (this config classifies)",
+            config_path.display()
+        );
+    }
     let mut data = crate::data::load(&data_path)?;
     let digest = data.hash().to_string();
     let mut quarantined = None;
@@ -441,10 +540,41 @@ fn prepare(recipe: &Recipe, config_path: &Path) -> Result<Prepared> {
     if data.height() == 0 {
         bail!("{}: no rows to train on", data_path.display());
     }
-    let labels = data.to_strings(&d.label).with_context(|| format!("{}: label column", data_path.display()))?;
     let fractions = SplitFractions::new(d.fractions[0], d.fractions[1], d.fractions[2])
         .with_context(|| format!("{}: [data] fractions", config_path.display()))?;
-    let split = kiln_data::stratified_split(&labels, fractions, d.seed)?;
+    enum Labels {
+        Classes(LabelEncoder, Vec<usize>),
+        Numbers(Vec<f32>),
+    }
+    let (split, labels) = match recipe.task {
+        TaskKind::Classification => {
+            let labels = data.to_strings(&d.label).with_context(|| format!("{}: label column", data_path.display()))?;
+            let split = kiln_data::stratified_split(&labels, fractions, d.seed)?;
+            let encoder = LabelEncoder::fit(&labels);
+            let classes = encoder.encode(&labels)?;
+            (split, Labels::Classes(encoder, classes))
+        }
+        TaskKind::Regression => {
+            let targets = data.to_matrix(std::slice::from_ref(&d.label)).with_context(|| {
+                format!(
+                    "{}: the label column {:?} of a regression must hold a number in every row (leave rows without one out with a schema and data.on_invalid = \"quarantine\"; row numbers count the rows that passed the schema)",
+                    data_path.display(),
+                    d.label
+                )
+            })?;
+            let targets: Vec<f32> = targets.column(0).iter().map(|v| *v as f32).collect();
+            if let Some(row) = targets.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{} row {}: the label {:?} is not a finite number in f32 ({})",
+                    data_path.display(),
+                    row + 1,
+                    d.label,
+                    targets[row]
+                );
+            }
+            (kiln_data::random_split(data.height(), fractions, d.seed), Labels::Numbers(targets))
+        }
+    };
     for (part, rows) in [("train", &split.train), ("validation", &split.val), ("test", &split.test)] {
         if rows.is_empty() {
             bail!(
@@ -465,31 +595,32 @@ fn prepare(recipe: &Recipe, config_path: &Path) -> Result<Prepared> {
     }
     let train_rows = TrainSplit::of_split(&data, &split)?;
     let fitted = pipeline.fit(&train_rows)?;
-    let encoder = LabelEncoder::fit(&labels);
-    let classes = encoder.encode(&labels)?;
     // Absolute, so the lineage names the file wherever the run is read from.
     let source = std::path::absolute(&data_path).unwrap_or_else(|_| data_path.clone()).display().to_string();
-    let part = |rows: &[usize]| -> Result<Examples> {
+    let features = |rows: &[usize]| -> Result<_> {
         let frame = data.take(rows)?.frame().clone();
-        let x = fitted.transform(&frame, &source)?;
-        Ok(Examples::new(x.mapv(|v| v as f32), rows.iter().map(|r| classes[*r]).collect())?)
+        Ok(fitted.transform(&frame, &source)?.mapv(|v| v as f32))
     };
-    let (train_set, val_set, test_set) = (part(&split.train)?, part(&split.val)?, part(&split.test)?);
-    let model = model_config(&recipe.model, fitted.width(), encoder.len(), config_path)?;
-    Ok(Prepared {
-        data,
-        digest,
-        source,
-        quarantined,
-        train_rows,
-        pipeline,
-        fitted,
-        encoder,
-        train_set,
-        val_set,
-        test_set,
-        model,
-    })
+    let sets = match labels {
+        Labels::Classes(encoder, classes) => {
+            let part = |rows: &[usize]| -> Result<Examples> {
+                Ok(Examples::new(features(rows)?, rows.iter().map(|r| classes[*r]).collect())?)
+            };
+            let (train, val, test) = (part(&split.train)?, part(&split.val)?, part(&split.test)?);
+            Sets::Classes { encoder, train, val, test }
+        }
+        Labels::Numbers(targets) => {
+            let part = |name: &str, rows: &[usize]| -> Result<Rows<f32>> {
+                Ok(Rows::new(name, features(rows)?, rows.iter().map(|r| targets[*r]).collect())?)
+            };
+            let train = part("training", &split.train)?;
+            let target = TargetScaler::fit(train.targets(), "training")?;
+            let (val, test) = (part("validation", &split.val)?, part("test", &split.test)?);
+            Sets::Numeric { target, train, val, test }
+        }
+    };
+    let model = model_config(&recipe.model, fitted.width(), sets.outputs(), config_path)?;
+    Ok(Prepared { data, digest, source, quarantined, train_rows, pipeline, fitted, sets, model })
 }
 
 /// A JSON value (a trial's draw) as a TOML value.
@@ -589,24 +720,17 @@ fn sweep_worker(
             cache = Some((key.clone(), prepare(&trial_recipe, &args.config)?));
         }
         let Some((_, prepared)) = cache.as_ref() else { bail!("no prepared data") };
-        let model = model_config(&trial_recipe.model, prepared.fitted.width(), prepared.encoder.len(), &args.config)?;
+        let model = model_config(&trial_recipe.model, prepared.fitted.width(), prepared.sets.outputs(), &args.config)?;
         let number = trial.number();
         let mut hooks = TrialHooks { trial, metric: metric.clone(), pruned: false, error: None };
-        let trained = kiln_train::train(
-            &trial_recipe.train,
-            &model,
-            &prepared.train_set,
-            Some(&prepared.val_set),
-            None,
-            &mut hooks,
-        )?;
+        let trained = fit_prepared(prepared, &trial_recipe, &model, None, &mut hooks)?;
         if let Some(e) = hooks.error {
             return Err(e.into());
         }
         if hooks.pruned {
             return Err(hooks.trial.pruned().into());
         }
-        let values = trained.history.iter().filter_map(|e| e.metric(metric.name()));
+        let values = trained.history().iter().filter_map(|e| e.metric(metric.name()));
         let best = match monitor.mode() {
             Mode::Max => values.fold(f64::NEG_INFINITY, f64::max),
             Mode::Min => values.fold(f64::INFINITY, f64::min),
@@ -617,7 +741,7 @@ fn sweep_worker(
                 sweep.objective_name()
             );
         }
-        eprintln!("trial {number}: {} = {best:.4} ({} epochs)", sweep.objective_name(), trained.history.len());
+        eprintln!("trial {number}: {} = {best:.4} ({} epochs)", sweep.objective_name(), trained.history().len());
         Ok(best)
     };
     let report = study.optimize_total(objective, total)?;
@@ -672,22 +796,14 @@ fn train(
     parent: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let Prepared {
-        data,
-        digest,
-        source,
-        quarantined,
-        train_rows,
-        pipeline,
-        fitted,
-        encoder,
-        train_set,
-        val_set,
-        test_set,
-        model,
-    } = prepare(recipe, config_path)?;
+    let prepared = prepare(recipe, config_path)?;
+    let Prepared { data, digest, source, quarantined, train_rows, pipeline, fitted, sets, model } = &prepared;
     let d = &recipe.data;
-    let data_path = Path::new(&source);
+    let data_path = Path::new(source);
+    let task_name = match recipe.task {
+        TaskKind::Classification => "classification",
+        TaskKind::Regression => "regression",
+    };
     let mut builder = store.run_builder(&recipe.experiment);
     if let Some(name) = &recipe.run_name {
         builder = builder.name(name);
@@ -698,8 +814,8 @@ fn train(
     let mut run = builder.start()?;
     // Whatever fails from here on fails the run with the reason, not only training.
     let outcome = (|| -> Result<_> {
-        run.log_params(&json!({"data": {"path": source, "label": d.label, "fractions": d.fractions, "seed": d.seed},
-            "model": model, "preprocess": pipeline}))?;
+        run.log_params(&json!({"data": {"path": source, "label": d.label, "fractions": d.fractions, "seed": d.seed,
+            "task": task_name}, "model": model, "preprocess": pipeline}))?;
         run.log_input(DatasetInput {
             name: data_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default(),
             digest: digest.clone(),
@@ -708,85 +824,111 @@ fn train(
             context: Some("train/validation/test".into()),
         })?;
         run.log_artifact_bytes("train_config.toml", toml::to_string_pretty(table)?.as_bytes())?;
-        if let Some(q) = &quarantined {
+        if let Some(q) = quarantined {
             let file = run.scratch_dir()?.join("quarantine.parquet");
             q.write_parquet(&file)?;
             run.log_artifact("quarantine.parquet", &file)?;
             run.log_metric("quarantined_rows", 0, q.report.bad_rows.len() as f64)?;
         }
+        let [n_train, n_val, n_test] = sets.lens();
         if !json {
+            let what = match sets {
+                Sets::Classes { encoder, .. } => format!("{} classes", encoder.len()),
+                Sets::Numeric { .. } => format!("regression of {}", d.label),
+            };
             say!(
-                "run {} in {}: {} rows ({} train / {} val / {} test), {} features, {} classes, {} parameters",
+                "run {} in {}: {} rows ({n_train} train / {n_val} val / {n_test} test), {} features, {what}, {} parameters",
                 run.id(),
                 recipe.experiment,
                 data.height(),
-                train_set.len(),
-                val_set.len(),
-                test_set.len(),
                 fitted.width(),
-                encoder.len(),
                 model.num_params()
             );
         }
         let quiet = json;
+        let regression = matches!(sets, Sets::Numeric { .. });
         let mut report_epoch = |e: &EpochReport| {
-            if !quiet {
-                let _ = std::io::Write::write_fmt(
-                    &mut std::io::stdout().lock(),
-                    format_args!(
-                        "epoch {:>3}  train loss {:.4} acc {:.4}  val loss {:.4} acc {:.4}  ({:.2}s)\n",
-                        e.epoch,
-                        e.train_loss,
-                        e.train_accuracy().unwrap_or(f64::NAN),
-                        e.val_loss.unwrap_or(f64::NAN),
-                        e.val_accuracy().unwrap_or(f64::NAN),
-                        e.seconds
-                    ),
-                );
+            if quiet {
+                return;
             }
+            let (name, train, val) = if regression {
+                ("rmse", e.metric("train_rmse"), e.metric("val_rmse"))
+            } else {
+                ("acc", e.train_accuracy(), e.val_accuracy())
+            };
+            let _ = std::io::Write::write_fmt(
+                &mut std::io::stdout().lock(),
+                format_args!(
+                    "epoch {:>3}  train loss {:.4} {name} {:.4}  val loss {:.4} {name} {:.4}  ({:.2}s)\n",
+                    e.epoch,
+                    e.train_loss,
+                    train.unwrap_or(f64::NAN),
+                    e.val_loss.unwrap_or(f64::NAN),
+                    val.unwrap_or(f64::NAN),
+                    e.seconds
+                ),
+            );
         };
-        let trained = kiln_train::train(
-            &recipe.train,
-            &model,
-            &train_set,
-            Some(&val_set),
-            Some(&mut run as &mut dyn kiln_track::Tracker),
-            &mut report_epoch,
-        )?;
-        let classifier = trained.classifier()?;
-        let probabilities = classifier.predict_proba(test_set.x.view())?.mapv(f64::from);
-        let evaluation = EvalReport::compute(&test_set.y, probabilities.view(), &encoder.classes)?;
-        let step = trained.history.len() as u64;
-        for (name, value) in evaluation.metrics() {
+        let trained =
+            fit_prepared(&prepared, recipe, model, Some(&mut run as &mut dyn kiln_track::Tracker), &mut report_epoch)?;
+        let step = trained.history().len() as u64;
+        let git_commit = store.run(run.id())?.environment.and_then(|e| e.git_commit);
+        let run_id = run.id().to_string();
+        let spec = |labels: LabelEncoder| PackageSpec {
+            name: recipe.register.as_ref().map_or_else(|| recipe.experiment.clone(), |r| r.model.clone()),
+            train_config: recipe.train.clone(),
+            features: Vec::new(),
+            input_schema: Schema::new(Vec::new()),
+            scaler: None,
+            pipeline: Some(fitted.clone()),
+            labels,
+            label_column: d.label.clone(),
+            metrics: BTreeMap::new(),
+            lineage: Lineage {
+                run_id: Some(run_id.clone()),
+                experiment: Some(recipe.experiment.clone()),
+                dataset: Some(source.clone()),
+                dataset_hash: Some(digest.clone()),
+                dataset_digests: vec![digest.clone()],
+                git_commit: git_commit.clone(),
+                split_seed: Some(d.seed),
+            },
+        };
+        let profile = DatasetProfile::of(train_rows.frame(), &ProfileOptions::default())?;
+        let (package, evaluation) = match (&trained, sets) {
+            (Outcome::Classifier(trained), Sets::Classes { encoder, test, .. }) => {
+                let classifier = trained.classifier()?;
+                let probabilities = classifier.predict_proba(test.x.view())?.mapv(f64::from);
+                let evaluation = EvalReport::compute(&test.y, probabilities.view(), &encoder.classes)?;
+                let package = ModelPackage::new(trained, spec(encoder.clone()))?
+                    .with_profile(profile)
+                    .with_eval(evaluation.clone());
+                (package, Evaluation::Classes(evaluation))
+            }
+            (Outcome::Regression { fitted, task }, Sets::Numeric { test, .. }) => {
+                let regressor = Regressor::from_weights(task.arch().clone(), task.target(), &fitted.weights)?;
+                let predicted = regressor.predict(test.x().view())?;
+                let truth: Vec<f64> = test.targets().iter().map(|v| f64::from(*v)).collect();
+                let report = RegressionReport::new(&truth, &predicted)?;
+                let plot = run.scratch_dir()?.join("residuals.svg");
+                let title = format!("{}: test residuals", d.label);
+                kiln_train::plot::residual_plot(&truth, &predicted, &title, &d.label, &plot)?;
+                run.log_artifact("residuals.svg", &plot)?;
+                let package = ModelPackage::regression(fitted, task, spec(LabelEncoder::default()))?
+                    .with_profile(profile)
+                    .with_regression_eval(report)?;
+                (package, Evaluation::Numbers(report))
+            }
+            _ => bail!("the training and the data disagree on the task"),
+        };
+        let (metrics, report_json) = match &evaluation {
+            Evaluation::Classes(e) => (e.metrics(), serde_json::to_vec_pretty(e)?),
+            Evaluation::Numbers(r) => (r.metrics(), serde_json::to_vec_pretty(r)?),
+        };
+        for (name, value) in metrics {
             run.log_metric(&format!("test_{name}"), step, value)?;
         }
-        run.log_artifact_bytes("eval_report.json", &serde_json::to_vec_pretty(&evaluation)?)?;
-        let git_commit = store.run(run.id())?.environment.and_then(|e| e.git_commit);
-        let package = ModelPackage::new(
-            &trained,
-            PackageSpec {
-                name: recipe.register.as_ref().map_or_else(|| recipe.experiment.clone(), |r| r.model.clone()),
-                train_config: recipe.train.clone(),
-                features: Vec::new(),
-                input_schema: Schema::new(Vec::new()),
-                scaler: None,
-                pipeline: Some(fitted),
-                labels: encoder.clone(),
-                label_column: d.label.clone(),
-                metrics: BTreeMap::new(),
-                lineage: Lineage {
-                    run_id: Some(run.id().into()),
-                    experiment: Some(recipe.experiment.clone()),
-                    dataset: Some(source.clone()),
-                    dataset_hash: Some(digest.clone()),
-                    dataset_digests: vec![digest.clone()],
-                    git_commit,
-                    split_seed: Some(d.seed),
-                },
-            },
-        )?
-        .with_profile(DatasetProfile::of(train_rows.frame(), &ProfileOptions::default())?)
-        .with_eval(evaluation.clone());
+        run.log_artifact_bytes("eval_report.json", &report_json)?;
         let package_dir = run.scratch_dir()?.join("model");
         package.save(&package_dir)?;
         run.log_artifact("model", &package_dir)?;
@@ -830,27 +972,36 @@ fn train(
     };
     let run_id = run.id().to_string();
     run.finish()?;
-    let c = &evaluation.classification;
     if json {
+        let test = match &evaluation {
+            Evaluation::Classes(e) => json!({"accuracy": e.classification.accuracy,
+                "macro_f1": e.classification.macro_f1, "log_loss": e.log_loss, "ece": e.ece}),
+            Evaluation::Numbers(r) => json!({"rmse": crate::util::finite_json(r.rmse),
+                "mae": crate::util::finite_json(r.mae), "r2": crate::util::finite_json(r.r2), "rows": r.rows}),
+        };
         say!(
             "{}",
-            json!({"run_id": run_id, "experiment": recipe.experiment, "device": trained.device.to_string(),
-                "best_epoch": trained.best_epoch, "epochs": trained.history.len(),
-                "test": {"accuracy": c.accuracy, "macro_f1": c.macro_f1, "log_loss": evaluation.log_loss, "ece": evaluation.ece},
+            json!({"run_id": run_id, "experiment": recipe.experiment, "task": task_name, "device": trained.device(),
+                "best_epoch": trained.best_epoch(), "epochs": trained.history().len(), "test": test,
                 "quarantined_rows": quarantined.as_ref().map(|q| q.report.bad_rows.len()),
                 "registered": registered.map(|(v, replaced)| json!({"model": recipe.register.as_ref().map(|r| &r.model),
                     "version": v, "replaced": replaced})),
                 "refused": refused})
         );
     } else {
-        say!("trained on {}; kept the weights of epoch {}", trained.device, trained.best_epoch);
-        say!(
-            "test: accuracy {:.4}, macro F1 {:.4}, log loss {:.4}, ECE {:.4}",
-            c.accuracy,
-            c.macro_f1,
-            evaluation.log_loss,
-            evaluation.ece
-        );
+        say!("trained on {}; kept the weights of epoch {}", trained.device(), trained.best_epoch());
+        match &evaluation {
+            Evaluation::Classes(e) => say!(
+                "test: accuracy {:.4}, macro F1 {:.4}, log loss {:.4}, ECE {:.4}",
+                e.classification.accuracy,
+                e.classification.macro_f1,
+                e.log_loss,
+                e.ece
+            ),
+            Evaluation::Numbers(r) => {
+                say!("test ({} rows, {} units): RMSE {:.4}, MAE {:.4}, R² {:.4}", r.rows, d.label, r.rmse, r.mae, r.r2)
+            }
+        }
         if let (Some(r), Some((v, replaced))) = (&recipe.register, registered) {
             let from = replaced.map(|p| format!(" (was v{p})")).unwrap_or_default();
             say!("registered {} v{v} as {}{from}", r.model, r.alias);
@@ -862,6 +1013,12 @@ fn train(
         }
     }
     Ok(if refused.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_REFUSED) })
+}
+
+/// A test evaluation, by task.
+enum Evaluation {
+    Classes(EvalReport),
+    Numbers(RegressionReport),
 }
 
 #[cfg(test)]

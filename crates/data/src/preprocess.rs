@@ -76,8 +76,9 @@ impl StandardScaler {
 }
 
 /// Maps class labels to indices `0..n` and back. Classes are sorted, numerically when every
-/// label is a number ("2" before "10"), otherwise as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// label is a number ("2" before "10"), otherwise as text. The default has no classes (a
+/// regression's package).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct LabelEncoder {
     /// The classes; index *i* is class *i*.
     pub classes: Vec<String>,

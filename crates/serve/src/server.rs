@@ -46,12 +46,26 @@ pub struct LoadedModel {
     pub registry_version: Option<u32>,
 }
 
+/// Loads the package in `dir`, refusing one whose model is not a classifier: this server's
+/// inference protocol answers labels and class probabilities.
+fn load_classifier(dir: &std::path::Path) -> Result<Predictor> {
+    let predictor = ModelPackage::load(dir)?;
+    if !predictor.task().is_classification() {
+        return Err(Error::InvalidArgument(format!(
+            "{}: a {} package; kiln-serve serves classification packages only (predict with kiln_train::Predictor::predict_values)",
+            dir.display(),
+            predictor.task().name()
+        )));
+    }
+    Ok(predictor)
+}
+
 impl LoadedModel {
     /// Loads `reference` (a version number, `latest`, or an alias such as `production`) of
     /// `model` from a store's registry.
     pub fn from_registry(store: &Store, model: &str, reference: &str) -> Result<Self> {
         let version = store.registry().resolve(model, reference)?;
-        let predictor = Arc::new(ModelPackage::load(&version.package_dir)?);
+        let predictor = Arc::new(load_classifier(&version.package_dir)?);
         Ok(Self {
             name: model.to_string(),
             version: version.version.to_string(),
@@ -66,7 +80,7 @@ impl LoadedModel {
         Ok(Self {
             name: name.to_string(),
             version: version.to_string(),
-            predictor: Arc::new(ModelPackage::load(dir)?),
+            predictor: Arc::new(load_classifier(dir)?),
             batching: BatchConfig::default(),
             registry_version: None,
         })

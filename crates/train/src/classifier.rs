@@ -56,6 +56,11 @@ impl Task for ClassifierTask {
     type Model<B: Backend> = Model<B>;
     type Batch<B: Backend> = (Tensor<B, 2>, Tensor<B, 1, Int>);
 
+    /// Built with class weights.
+    fn weights_classes(&self) -> bool {
+        self.class_weights.is_some()
+    }
+
     fn describe(&self) -> serde_json::Value {
         serde_json::to_value(&self.arch).unwrap_or(serde_json::Value::Null)
     }
@@ -173,29 +178,8 @@ impl Classifier {
     /// them (PyTorch's names and layouts). Every parameter of `config` must be present with
     /// its shape, and the file may hold nothing else.
     pub fn from_safetensors(config: ModelConfig, bytes: &[u8]) -> Result<Self> {
-        use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
         config.validate()?;
-        let mut model = config.init_for_loading::<Flex>(&Default::default());
-        // burn-store 0.21's adapter renames batch norm's gamma/beta to PyTorch's weight/bias
-        // when saving but, with enum variants skipped, does not find them again when loading;
-        // kiln's only batch norms are the `norms` fields, so the names are mapped back here.
-        let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
-            .with_from_adapter(PyTorchToBurnAdapter)
-            .skip_enum_variants(true)
-            .with_key_remapping(r"^(norms\.\d+)\.weight$", "$1.gamma")
-            .with_key_remapping(r"^(norms\.\d+)\.bias$", "$1.beta")
-            .allow_partial(true);
-        let applied = model.load_from(&mut store).map_err(|e| Error::Weights(format!("safetensors: {e}")))?;
-        let mut problems: Vec<String> = applied.errors.iter().map(ToString::to_string).collect();
-        problems.extend(applied.missing.iter().map(|(path, _)| format!("{path} is missing")));
-        problems.extend(applied.unused.iter().map(|path| format!("{path} is not a parameter of this model")));
-        if !problems.is_empty() {
-            return Err(Error::Weights(format!(
-                "safetensors weights do not fit the {} model: {}",
-                config.kind(),
-                problems.join("; ")
-            )));
-        }
+        let model = model_from_safetensors(&config, bytes)?;
         Ok(Self { config, model, precision: InferencePrecision::F32 })
     }
 
@@ -204,14 +188,10 @@ impl Classifier {
     /// `safetensors.torch.load_file` and `load_state_dict` read them directly. Only
     /// full-precision models can be written.
     pub fn to_safetensors(&self) -> Result<Vec<u8>> {
-        use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
         if self.precision != InferencePrecision::F32 {
             return Err(Error::Weights(format!("a {:?} model cannot be written as safetensors", self.precision)));
         }
-        let mut store =
-            SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter).skip_enum_variants(true);
-        self.model.save_into(&mut store).map_err(|e| Error::Weights(format!("safetensors: {e}")))?;
-        store.get_bytes().map_err(|e| Error::Weights(format!("safetensors: {e}")))
+        model_to_safetensors(&self.model)
     }
 
     /// This model in `precision`. Weights quantized to int8 stay quantized: asking a
@@ -268,6 +248,42 @@ impl Classifier {
         let p = self.predict_proba(x)?;
         Ok(p.rows().into_iter().map(|r| best_class(r.iter())).collect())
     }
+}
+
+/// A built-in model of `config` with weights from a safetensors file's bytes (PyTorch's names
+/// and layouts): every parameter must be present with its shape, and nothing else.
+pub(crate) fn model_from_safetensors(config: &ModelConfig, bytes: &[u8]) -> Result<Model<Flex>> {
+    use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+    let mut model = config.init_for_loading::<Flex>(&Default::default());
+    // burn-store 0.21's adapter renames batch norm's gamma/beta to PyTorch's weight/bias
+    // when saving but, with enum variants skipped, does not find them again when loading;
+    // kiln's only batch norms are the `norms` fields, so the names are mapped back here.
+    let mut store = SafetensorsStore::from_bytes(Some(bytes.to_vec()))
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .skip_enum_variants(true)
+        .with_key_remapping(r"^(norms\.\d+)\.weight$", "$1.gamma")
+        .with_key_remapping(r"^(norms\.\d+)\.bias$", "$1.beta")
+        .allow_partial(true);
+    let applied = model.load_from(&mut store).map_err(|e| Error::Weights(format!("safetensors: {e}")))?;
+    let mut problems: Vec<String> = applied.errors.iter().map(ToString::to_string).collect();
+    problems.extend(applied.missing.iter().map(|(path, _)| format!("{path} is missing")));
+    problems.extend(applied.unused.iter().map(|path| format!("{path} is not a parameter of this model")));
+    if !problems.is_empty() {
+        return Err(Error::Weights(format!(
+            "safetensors weights do not fit the {} model: {}",
+            config.kind(),
+            problems.join("; ")
+        )));
+    }
+    Ok(model)
+}
+
+/// A built-in model's weights as a safetensors file, with PyTorch's names and layouts.
+pub(crate) fn model_to_safetensors(model: &Model<Flex>) -> Result<Vec<u8>> {
+    use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot, SafetensorsStore};
+    let mut store = SafetensorsStore::from_bytes(None).with_to_adapter(BurnToPyTorchAdapter).skip_enum_variants(true);
+    model.save_into(&mut store).map_err(|e| Error::Weights(format!("safetensors: {e}")))?;
+    store.get_bytes().map_err(|e| Error::Weights(format!("safetensors: {e}")))
 }
 
 #[cfg(test)]

@@ -93,6 +93,12 @@ pub fn fit<T: Trainable, S: Source<Item = T::Item>>(
     hooks: &mut dyn Hooks,
 ) -> Result<Fitted> {
     config.validate()?;
+    if config.class_weights != crate::ClassWeights::None && !task.weights_classes() {
+        return Err(Error::Config(format!(
+            "class_weights is {:?}, but this task does not weight its loss by class (build the task with the weights, as ClassifierTask::new takes them, or leave class_weights unset)",
+            config.class_weights
+        )));
+    }
     if train.is_empty() {
         return Err(Error::Shape(format!("{}: no training items", train.name())));
     }

@@ -57,6 +57,7 @@
 #[doc = include_str!("../../../docs/training.md")]
 struct TrainingGuide;
 
+mod burn_data;
 pub mod checkpoint;
 mod classifier;
 mod config;
@@ -75,6 +76,7 @@ mod task;
 mod trainer;
 pub mod tune;
 
+pub use burn_data::BurnDataset;
 pub use checkpoint::{CheckpointInfo, best_checkpoints, latest_checkpoint};
 pub use classifier::{Classifier, ClassifierTask, InferencePrecision};
 pub use config::{
@@ -94,7 +96,7 @@ pub use model::{Activation, Cnn, CnnConfig, CnnHead, Mlp, MlpConfig, Model, Mode
 pub use multilabel::MultiLabelTask;
 pub use package::{
     Lineage, MANIFEST_FILE, Manifest, ModelPackage, OLDEST_PACKAGE_FORMAT_VERSION, PACKAGE_FORMAT_VERSION, PackageSpec,
-    PrecisionReport, Prediction, Predictor, compare_precision,
+    PackageTask, PrecisionReport, Prediction, Predictor, compare_precision,
 };
 pub use regression::{RegressionLoss, RegressionReport, RegressionTask, Regressor, TargetScaler};
 pub use task::{Step, Task, Totals, Trainable};

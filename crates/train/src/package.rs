@@ -9,12 +9,18 @@
 //!                           named MessagePack record, and still load)
 //! <dir>/pipeline.json       fitted kiln-data preprocessing (optional)
 //! <dir>/profile.json        reference profile of the training data, for drift (optional)
-//! <dir>/eval.json           the evaluation report (optional)
+//! <dir>/eval.json           the evaluation report (optional): an [`EvalReport`] for a
+//!                           classifier, a [`RegressionReport`] for a regression
 //! ```
 //!
 //! The manifest is written last, so a directory with a manifest is complete. It carries a
 //! `format_version`; a reader refuses versions it does not know instead of guessing, and
 //! checks every file against its hash.
+//!
+//! A package is written in the oldest format that holds it: classifiers in format 3, which
+//! every kiln since safetensors weights reads; regression models in format 4, which adds the
+//! manifest's `task` (with the target scaler), so that a kiln too old to know regression
+//! refuses such a package instead of serving it as a classifier.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -27,12 +33,16 @@ use serde::{Deserialize, Serialize};
 use crate::classifier::{Classifier, InferencePrecision, best_class};
 use crate::config::TrainConfig;
 use crate::eval::{EvalReport, FailureCheck};
+use crate::fit::Fitted;
 use crate::model::ModelConfig;
+use crate::regression::{RegressionLoss, RegressionReport, RegressionTask, Regressor, TargetScaler};
+use crate::task::Task;
 use crate::trainer::Trained;
 use crate::{Error, Result};
 
-/// The package format this version of kiln writes and reads.
-pub const PACKAGE_FORMAT_VERSION: u32 = 3;
+/// The newest package format this version of kiln writes and reads (each package is written in
+/// the oldest format that holds it: [`PackageTask::format_version`]).
+pub const PACKAGE_FORMAT_VERSION: u32 = 4;
 /// The oldest package format this version of kiln still reads.
 pub const OLDEST_PACKAGE_FORMAT_VERSION: u32 = 2;
 /// The manifest's file name inside a package directory.
@@ -65,6 +75,48 @@ pub struct Lineage {
     pub split_seed: Option<u64>,
 }
 
+/// What a packaged model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PackageTask {
+    /// One of the manifest's `labels` per row, with a probability for each (every format 2
+    /// and 3 package).
+    #[default]
+    Classification,
+    /// One number per row, in the target's units: the model's single output mapped back
+    /// through `target`.
+    Regression {
+        /// The standardisation the model learned the target under.
+        target: TargetScaler,
+        /// The training loss.
+        loss: RegressionLoss,
+    },
+}
+
+impl PackageTask {
+    /// Whether this is [`PackageTask::Classification`].
+    pub fn is_classification(&self) -> bool {
+        matches!(self, Self::Classification)
+    }
+
+    /// The task's name: `classification` or `regression`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::Regression { .. } => "regression",
+        }
+    }
+
+    /// The package format a package of this task is written in: 3 for classifiers, 4 for
+    /// regression (the first format with a `task`).
+    pub fn format_version(&self) -> u32 {
+        match self {
+            Self::Classification => 3,
+            Self::Regression { .. } => 4,
+        }
+    }
+}
+
 /// The package manifest, `kiln-package.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -74,6 +126,9 @@ pub struct Manifest {
     pub name: String,
     /// Model family: `logistic`, `mlp` or `cnn`.
     pub kind: String,
+    /// What the model predicts (absent, as in formats 2 and 3: classification).
+    #[serde(default, skip_serializing_if = "PackageTask::is_classification")]
+    pub task: PackageTask,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_ms: i64,
     /// Version of kiln-train that wrote the package.
@@ -95,9 +150,9 @@ pub struct Manifest {
     /// Fitted standard scaler over `features` (the simple preprocessing; exclusive with a
     /// pipeline).
     pub scaler: Option<StandardScaler>,
-    /// Class labels.
+    /// Class labels (none for a regression).
     pub labels: LabelEncoder,
-    /// The label column of the training data.
+    /// The label column of the training data (the target column of a regression).
     pub label_column: String,
     /// Evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
@@ -123,9 +178,9 @@ pub struct PackageSpec {
     /// Fitted kiln-data pipeline (exclusive with `scaler`); its input columns become the
     /// package's features, so `features` may be left empty.
     pub pipeline: Option<FittedPipeline>,
-    /// Class labels.
+    /// Class labels (leave empty for a regression: `LabelEncoder::default()`).
     pub labels: LabelEncoder,
-    /// The label column.
+    /// The label column (the target column of a regression).
     pub label_column: String,
     /// Evaluation metrics.
     pub metrics: BTreeMap<String, f64>,
@@ -142,6 +197,7 @@ pub struct ModelPackage {
     pipeline: Option<FittedPipeline>,
     profile: Option<DatasetProfile>,
     eval: Option<EvalReport>,
+    regression_eval: Option<RegressionReport>,
 }
 
 /// Weights as they came: from the trainer (burn's record) or from a package file.
@@ -161,10 +217,20 @@ impl Weights {
         }
     }
 
-    fn safetensors(&self, config: &ModelConfig) -> Result<Vec<u8>> {
+    fn regressor(&self, config: &ModelConfig, target: TargetScaler) -> Result<Regressor> {
         match self {
-            Self::Record(_) => self.classifier(config)?.to_safetensors(),
-            Self::Safetensors(bytes) => Ok(bytes.clone()),
+            Self::Record(bytes) => Regressor::from_weights(config.clone(), target, bytes),
+            Self::Safetensors(bytes) => Regressor::from_safetensors(config.clone(), target, bytes),
+        }
+    }
+
+    fn safetensors(&self, manifest: &Manifest) -> Result<Vec<u8>> {
+        match (self, manifest.task) {
+            (Self::Safetensors(bytes), _) => Ok(bytes.clone()),
+            (Self::Record(_), PackageTask::Classification) => self.classifier(&manifest.model)?.to_safetensors(),
+            (Self::Record(_), PackageTask::Regression { target, .. }) => {
+                self.regressor(&manifest.model, target)?.to_safetensors()
+            }
         }
     }
 }
@@ -187,6 +253,58 @@ impl ModelPackage {
                 trained.model.classes()
             )));
         }
+        let package = Self::assemble(
+            spec,
+            PackageTask::Classification,
+            trained.model.clone(),
+            trained.best_epoch,
+            trained.device.to_string(),
+            Weights::Record(trained.weights.clone()),
+        )?;
+        package.check_widths()?;
+        Ok(package)
+    }
+
+    /// Packages a regression trained with [`crate::fit`] on `task`: predictions come back in
+    /// the target's units (the task's [`TargetScaler`] is kept in the manifest). `spec.labels`
+    /// must be empty; `spec.label_column` names the target.
+    pub fn regression(fitted: &Fitted, task: &RegressionTask, spec: PackageSpec) -> Result<Self> {
+        if !spec.labels.is_empty() {
+            return Err(Error::Config(format!(
+                "a regression package has no class labels, the spec gives {}",
+                spec.labels.len()
+            )));
+        }
+        if fitted.task != task.describe() {
+            return Err(Error::Config(format!(
+                "the fitted weights are of another task: trained as {}, packaged as {}",
+                fitted.task,
+                task.describe()
+            )));
+        }
+        let arch = task.arch().clone();
+        let package = Self::assemble(
+            spec,
+            PackageTask::Regression { target: task.target(), loss: task.loss() },
+            arch,
+            fitted.best_epoch,
+            fitted.device.to_string(),
+            Weights::Record(fitted.weights.clone()),
+        )?;
+        package.check_widths()?;
+        // The weights must load into the architecture now, not when the package is served.
+        package.weights.regressor(&package.manifest.model, task.target())?;
+        Ok(package)
+    }
+
+    fn assemble(
+        spec: PackageSpec,
+        task: PackageTask,
+        model: ModelConfig,
+        best_epoch: usize,
+        trained_on: String,
+        weights: Weights,
+    ) -> Result<Self> {
         if spec.scaler.is_some() && spec.pipeline.is_some() {
             return Err(Error::Config("a package has either a scaler or a pipeline, not both".into()));
         }
@@ -204,16 +322,17 @@ impl ModelPackage {
             None => spec.features,
         };
         let manifest = Manifest {
-            format_version: PACKAGE_FORMAT_VERSION,
+            format_version: task.format_version(),
             name: spec.name,
-            kind: trained.model.kind().into(),
+            kind: model.kind().into(),
+            task,
             created_ms: now_ms(),
             kiln_version: env!("CARGO_PKG_VERSION").into(),
-            model: trained.model.clone(),
-            num_params: trained.model.num_params(),
+            num_params: model.num_params(),
+            model,
             train_config: spec.train_config,
-            best_epoch: trained.best_epoch,
-            trained_on: trained.device.to_string(),
+            best_epoch,
+            trained_on,
             features,
             input_schema: spec.input_schema,
             scaler: spec.scaler,
@@ -223,15 +342,7 @@ impl ModelPackage {
             lineage: spec.lineage,
             files: BTreeMap::new(),
         };
-        let package = Self {
-            manifest,
-            weights: Weights::Record(trained.weights.clone()),
-            pipeline: spec.pipeline,
-            profile: None,
-            eval: None,
-        };
-        package.check_widths()?;
-        Ok(package)
+        Ok(Self { manifest, weights, pipeline: spec.pipeline, profile: None, eval: None, regression_eval: None })
     }
 
     /// Adds the training data's profile, the reference for drift detection when serving.
@@ -240,13 +351,31 @@ impl ModelPackage {
         self
     }
 
-    /// Adds the evaluation report; its headline metrics join the manifest's metrics.
+    /// Adds the evaluation report of a classifier; its headline metrics join the manifest's
+    /// metrics as `test_<name>`.
     pub fn with_eval(mut self, eval: EvalReport) -> Self {
         for (k, v) in eval.metrics() {
             self.manifest.metrics.entry(format!("test_{k}")).or_insert(v);
         }
         self.eval = Some(eval);
         self
+    }
+
+    /// Adds the evaluation report of a regression; `test_rmse`, `test_mae` and `test_r2` join
+    /// the manifest's metrics. A classifier's package refuses it.
+    pub fn with_regression_eval(mut self, report: RegressionReport) -> Result<Self> {
+        if self.manifest.task.is_classification() {
+            return Err(Error::Config(format!(
+                "{} is a classifier's package: its evaluation is an EvalReport (with_eval)",
+                self.manifest.name
+            )));
+        }
+        // JSON has no NaN: an undefined R² (every test target equal) stays in the report only.
+        for (k, v) in report.metrics().into_iter().filter(|(_, v)| v.is_finite()) {
+            self.manifest.metrics.entry(format!("test_{k}")).or_insert(v);
+        }
+        self.regression_eval = Some(report);
+        Ok(self)
     }
 
     fn check_widths(&self) -> Result<()> {
@@ -277,11 +406,16 @@ impl ModelPackage {
         self.eval.as_ref()
     }
 
+    /// A regression's evaluation report, if the package has one.
+    pub fn regression_eval(&self) -> Option<&RegressionReport> {
+        self.regression_eval.as_ref()
+    }
+
     /// Writes the package into `dir` (created if needed): every file first, synced, then the
     /// manifest with their hashes, so a directory with a manifest is complete.
     pub fn save(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
-        let weights = self.weights.safetensors(&self.manifest.model)?;
+        let weights = self.weights.safetensors(&self.manifest)?;
         let mut files: Vec<(&str, Vec<u8>)> = vec![(WEIGHTS_FILE, weights)];
         let json = |what: &str, r: std::result::Result<String, kiln_data::Error>| {
             r.map(String::into_bytes).map_err(|e| Error::Package { path: dir.join(what), message: e.to_string() })
@@ -292,14 +426,26 @@ impl ModelPackage {
         if let Some(p) = &self.profile {
             files.push((PROFILE_FILE, json(PROFILE_FILE, p.to_json())?));
         }
-        if let Some(e) = &self.eval {
-            let bytes = serde_json::to_vec_pretty(e)
-                .map_err(|e| Error::Package { path: dir.join(EVAL_FILE), message: e.to_string() })?;
+        if self.eval.is_some() && !self.manifest.task.is_classification() {
+            return Err(Error::Config(format!(
+                "{} is a {} package: its evaluation is a RegressionReport (with_regression_eval), not an EvalReport",
+                self.manifest.name,
+                self.manifest.task.name()
+            )));
+        }
+        let eval = match (&self.eval, &self.regression_eval) {
+            (Some(e), _) => Some(serde_json::to_vec_pretty(e)),
+            (None, Some(r)) => Some(serde_json::to_vec_pretty(r)),
+            (None, None) => None,
+        };
+        if let Some(bytes) = eval {
+            let bytes = bytes.map_err(|e| Error::Package { path: dir.join(EVAL_FILE), message: e.to_string() })?;
             files.push((EVAL_FILE, bytes));
         }
         let mut manifest = self.manifest.clone();
-        // Whatever format it was read in, a package is written in the current one.
-        manifest.format_version = PACKAGE_FORMAT_VERSION;
+        // Whatever format it was read in, a package is written in the current format for its
+        // task.
+        manifest.format_version = manifest.task.format_version();
         manifest.files.clear();
         for (name, bytes) in &files {
             kiln_track::durable::write_atomic(&dir.join(name), bytes)?;
@@ -369,14 +515,25 @@ impl ModelPackage {
             Some(b) => Some(DatasetProfile::from_json(&text(PROFILE_FILE, b)?)?),
             None => None,
         };
-        let eval = match read(EVAL_FILE)? {
-            Some(b) => Some(
-                serde_json::from_slice(&b)
-                    .map_err(|e| Error::Package { path: dir.join(EVAL_FILE), message: e.to_string() })?,
-            ),
-            None => None,
+        let eval_error = |e: serde_json::Error| Error::Package { path: dir.join(EVAL_FILE), message: e.to_string() };
+        let (eval, regression_eval) = match (read(EVAL_FILE)?, manifest.task) {
+            (None, _) => (None, None),
+            (Some(b), PackageTask::Classification) => (Some(serde_json::from_slice(&b).map_err(eval_error)?), None),
+            (Some(b), PackageTask::Regression { .. }) => (None, Some(serde_json::from_slice(&b).map_err(eval_error)?)),
         };
-        let package = Self { manifest, weights, pipeline, profile, eval };
+        // Every format holds classifiers; other tasks came with format 4.
+        if !manifest.task.is_classification() && manifest.format_version < manifest.task.format_version() {
+            return Err(Error::Package {
+                path: manifest_path,
+                message: format!(
+                    "a {} package needs format version {} or later, the manifest says {}",
+                    manifest.task.name(),
+                    manifest.task.format_version(),
+                    manifest.format_version
+                ),
+            });
+        }
+        let package = Self { manifest, weights, pipeline, profile, eval, regression_eval };
         package.check_widths().map_err(|e| Error::Package { path: manifest_path, message: e.to_string() })?;
         Ok(package)
     }
@@ -396,16 +553,28 @@ impl ModelPackage {
 
     /// Builds a [`Predictor`] from this package.
     pub fn into_predictor(self) -> Result<Predictor> {
-        let classifier = self.weights.classifier(&self.manifest.model)?;
+        let head = match self.manifest.task {
+            PackageTask::Classification => Head::Classifier(self.weights.classifier(&self.manifest.model)?),
+            PackageTask::Regression { target, .. } => {
+                if !(target.mean.is_finite() && target.std.is_finite() && target.std > 0.0) {
+                    return Err(Error::Config(format!(
+                        "{}: the manifest's target scaler needs a finite mean and a positive standard deviation, got {target:?}",
+                        self.manifest.name
+                    )));
+                }
+                Head::Regressor(self.weights.regressor(&self.manifest.model, target)?)
+            }
+        };
         let input_specs =
             self.manifest.features.iter().map(|f| self.manifest.input_schema.column(f).cloned()).collect();
         Ok(Predictor {
             manifest: self.manifest,
-            classifier,
+            head,
             input_specs,
             pipeline: self.pipeline,
             profile: self.profile,
             eval: self.eval,
+            regression_eval: self.regression_eval,
         })
     }
 }
@@ -421,16 +590,26 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
-/// A loaded package, ready to predict from raw (unpreprocessed) rows.
+/// The model of a [`Predictor`], by task.
+#[derive(Debug)]
+enum Head {
+    Classifier(Classifier),
+    Regressor(Regressor),
+}
+
+/// A loaded package, ready to predict from raw (unpreprocessed) rows: classes with
+/// [`Predictor::predict`] for a classifier, numbers in the target's units with
+/// [`Predictor::predict_values`] for a regression ([`Manifest::task`] says which).
 #[derive(Debug)]
 pub struct Predictor {
     manifest: Manifest,
-    classifier: Classifier,
+    head: Head,
     /// The input schema's spec of each feature, in feature order (resolved once, not per row).
     input_specs: Vec<Option<ColumnSpec>>,
     pipeline: Option<FittedPipeline>,
     profile: Option<DatasetProfile>,
     eval: Option<EvalReport>,
+    regression_eval: Option<RegressionReport>,
 }
 
 impl Predictor {
@@ -439,15 +618,30 @@ impl Predictor {
         &self.manifest
     }
 
+    /// What it predicts.
+    pub fn task(&self) -> PackageTask {
+        self.manifest.task
+    }
+
     /// This predictor in `precision` (see [`InferencePrecision`]); preprocessing is unchanged.
+    /// A regression predicts in f32 only.
     pub fn with_precision(mut self, precision: InferencePrecision) -> Result<Self> {
-        self.classifier = self.classifier.with_precision(precision)?;
+        self.head = match self.head {
+            Head::Classifier(c) => Head::Classifier(c.with_precision(precision)?),
+            Head::Regressor(r) if precision == InferencePrecision::F32 => Head::Regressor(r),
+            Head::Regressor(_) => {
+                return Err(Error::Weights(format!("a regression model predicts in F32 only, not {precision:?}")));
+            }
+        };
         Ok(self)
     }
 
     /// The precision it predicts in.
     pub fn precision(&self) -> InferencePrecision {
-        self.classifier.precision()
+        match &self.head {
+            Head::Classifier(c) => c.precision(),
+            Head::Regressor(_) => InferencePrecision::F32,
+        }
     }
 
     /// The fitted pipeline, if the package has one.
@@ -463,6 +657,45 @@ impl Predictor {
     /// The package's evaluation report, if any.
     pub fn eval(&self) -> Option<&EvalReport> {
         self.eval.as_ref()
+    }
+
+    /// A regression package's evaluation report, if any.
+    pub fn regression_eval(&self) -> Option<&RegressionReport> {
+        self.regression_eval.as_ref()
+    }
+
+    /// A regression's predictions for numeric raw rows, in the target's units: checked and
+    /// preprocessed as [`Predictor::predict`] does.
+    pub fn predict_values(&self, rows: ArrayView2<'_, f64>) -> Result<Vec<f64>> {
+        self.predict_values_prepared(self.prepare(rows)?)
+    }
+
+    /// A regression's predictions for records (column → value), in the target's units.
+    pub fn predict_values_records(&self, records: &[HashMap<String, Value>]) -> Result<Vec<f64>> {
+        self.predict_values_prepared(self.prepare_records(records)?)
+    }
+
+    /// A regression's predictions for prepared inputs ([`Predictor::prepare`]).
+    pub fn predict_values_prepared(&self, x: Array2<f64>) -> Result<Vec<f64>> {
+        self.check_prepared(&x)?;
+        match &self.head {
+            Head::Regressor(r) => r.predict(x.mapv(|v| v as f32).view()),
+            Head::Classifier(_) => Err(Error::Config(format!(
+                "{} is a classifier: it predicts classes (predict), not numbers",
+                self.manifest.name
+            ))),
+        }
+    }
+
+    fn check_prepared(&self, x: &Array2<f64>) -> Result<()> {
+        if x.ncols() != self.manifest.model.inputs() {
+            return Err(Error::Shape(format!(
+                "prepared rows have {} values, the model takes {}",
+                x.ncols(),
+                self.manifest.model.inputs()
+            )));
+        }
+        Ok(())
     }
 
     /// Predicts numeric raw rows (`rows × features`, in [`Manifest::features`] order): checks
@@ -585,14 +818,17 @@ impl Predictor {
     /// Runs the model on prepared inputs ([`Predictor::prepare`], possibly of many requests
     /// stacked), once for the whole batch.
     pub fn predict_prepared(&self, x: Array2<f64>) -> Result<Vec<Prediction>> {
-        if x.ncols() != self.manifest.model.inputs() {
-            return Err(Error::Shape(format!(
-                "prepared rows have {} values, the model takes {}",
-                x.ncols(),
-                self.manifest.model.inputs()
-            )));
-        }
-        let probs = self.classifier.predict_proba(x.mapv(|v| v as f32).view())?;
+        self.check_prepared(&x)?;
+        let classifier = match &self.head {
+            Head::Classifier(c) => c,
+            Head::Regressor(_) => {
+                return Err(Error::Config(format!(
+                    "{} is a regression model: it predicts numbers (predict_values), not classes",
+                    self.manifest.name
+                )));
+            }
+        };
+        let probs = classifier.predict_proba(x.mapv(|v| v as f32).view())?;
         Ok(probs
             .rows()
             .into_iter()
@@ -615,38 +851,63 @@ impl Predictor {
         .unwrap_or_else(|| format!("#{model_input}"))
     }
 
+    /// Each row's outputs: a classifier's probabilities, a regression's prediction.
+    fn outputs(&self, x: Result<Array2<f64>>) -> Result<Vec<Vec<f64>>> {
+        match &self.head {
+            Head::Classifier(_) => Ok(self
+                .predict_prepared(x?)?
+                .into_iter()
+                .map(|p| p.probabilities.into_iter().map(f64::from).collect())
+                .collect()),
+            Head::Regressor(_) => Ok(self.predict_values_prepared(x?)?.into_iter().map(|v| vec![v]).collect()),
+        }
+    }
+
     /// Runs the named failure-mode checks against `reference` raw rows (for example the test
     /// split), each reported pass/fail with what was seen:
     ///
-    /// - `valid_probabilities`: every reference row gets finite probabilities summing to 1;
+    /// - `valid_probabilities` (a classifier): every reference row gets finite probabilities
+    ///   summing to 1; `finite_predictions` (a regression): every reference row gets a finite
+    ///   prediction;
     /// - `constant_inputs`: rows where every feature is the same constant (0, and each
-    ///   feature's reference median) still get valid probabilities;
+    ///   feature's reference median) still get valid outputs;
     /// - `out_of_range_values`: a feature 10× beyond its reference range is refused with an
     ///   error naming the feature, or predicted validly, never answered with NaN;
     /// - `missing_features`: a row with a NaN feature, and a record without a feature, are
     ///   refused with an error naming the feature (or imputed by the pipeline), never
     ///   predicted from garbage;
-    /// - `deterministic`: predicting the same rows twice gives identical probabilities;
+    /// - `deterministic`: predicting the same rows twice gives identical outputs;
     /// - `batch_invariant`: a row predicted alone equals the same row in a batch.
     pub fn failure_checks(&self, reference: ArrayView2<'_, f64>) -> Vec<FailureCheck> {
         let mut checks = Vec::new();
-        let valid = |p: &[Prediction]| {
-            p.iter().all(|p| {
-                p.probabilities.iter().all(|v| v.is_finite() && *v >= 0.0)
-                    && (p.probabilities.iter().sum::<f32>() - 1.0).abs() < 1e-3
+        let classifier = matches!(self.head, Head::Classifier(_));
+        let (first_check, invalid) = if classifier {
+            ("valid_probabilities", "invalid probabilities")
+        } else {
+            ("finite_predictions", "non-finite predictions")
+        };
+        let valid = |outputs: &[Vec<f64>]| {
+            outputs.iter().all(|o| {
+                o.iter().all(|v| v.is_finite() && (!classifier || *v >= 0.0))
+                    && (!classifier || (o.iter().sum::<f64>() - 1.0).abs() < 1e-3)
             })
         };
         let mut push = |name: &str, passed: bool, detail: String| {
             checks.push(FailureCheck { name: name.to_string(), passed, detail });
         };
-        let base = self.predict(reference);
+        let predict = |rows: ArrayView2<'_, f64>| self.outputs(self.prepare(rows));
+        let base = predict(reference);
         match &base {
-            Ok(p) if valid(p) => push("valid_probabilities", true, format!("{} rows", p.len())),
-            Ok(_) => push("valid_probabilities", false, "some probabilities are not finite or do not sum to 1".into()),
-            Err(e) => push("valid_probabilities", false, format!("the reference rows were refused: {e}")),
+            Ok(p) if valid(p) => push(first_check, true, format!("{} rows", p.len())),
+            Ok(_) if classifier => {
+                push(first_check, false, "some probabilities are not finite or do not sum to 1".into())
+            }
+            Ok(_) => push(first_check, false, "some predictions are not finite".into()),
+            Err(e) => push(first_check, false, format!("the reference rows were refused: {e}")),
         }
         let cols = reference.ncols();
-        if reference.nrows() == 0 || cols == 0 {
+        // (A reference of another width was refused above, with the reason.)
+        if reference.nrows() == 0 || cols == 0 || cols != self.manifest.features.len() {
             return checks;
         }
         let medians: Vec<f64> = (0..cols)
@@ -659,9 +920,9 @@ impl Predictor {
         let constant = [Array2::zeros((1, cols)), Array2::from_shape_fn((1, cols), |(_, j)| medians[j])];
         let outcomes: Vec<String> = constant
             .iter()
-            .map(|rows| match self.predict(rows.view()) {
+            .map(|rows| match predict(rows.view()) {
                 Ok(p) if valid(&p) => "ok".to_string(),
-                Ok(_) => "invalid probabilities".to_string(),
+                Ok(_) => invalid.to_string(),
                 Err(Error::Input { .. }) => "refused by the input schema".to_string(),
                 Err(e) => format!("error: {e}"),
             })
@@ -676,9 +937,9 @@ impl Predictor {
             let far = hi + 10.0 * (hi - lo).abs().max(1.0);
             let mut row = Array2::from_shape_fn((1, cols), |(_, k)| medians[k]);
             row[[0, j]] = far;
-            match self.predict(row.view()) {
+            match predict(row.view()) {
                 Ok(p) if valid(&p) => {}
-                Ok(_) => failures.push(format!("{}: invalid probabilities", self.manifest.features[j])),
+                Ok(_) => failures.push(format!("{}: {invalid}", self.manifest.features[j])),
                 Err(Error::Input { column, .. }) if column == self.manifest.features[j] => {}
                 Err(e) => failures.push(format!("{}: {e}", self.manifest.features[j])),
             }
@@ -694,7 +955,7 @@ impl Predictor {
             let feature = &self.manifest.features[j];
             let mut row = Array2::from_shape_fn((1, cols), |(_, k)| medians[k]);
             row[[0, j]] = f64::NAN;
-            match self.predict(row.view()) {
+            match predict(row.view()) {
                 Err(Error::Input { column, .. }) if column == *feature => {}
                 Ok(p) if self.pipeline.is_some() && valid(&p) => {} // imputed by the pipeline
                 Ok(_) => failures.push(format!("{feature}: NaN was predicted from")),
@@ -708,7 +969,7 @@ impl Predictor {
                 .filter(|(k, _)| *k != j)
                 .map(|(k, f)| (f.clone(), Value::Number(medians[k])))
                 .collect();
-            match self.predict_records(&[record]) {
+            match self.outputs(self.prepare_records(&[record])) {
                 Err(e) if e.to_string().contains(feature.as_str()) => {}
                 Ok(_) => failures.push(format!("{feature}: a record without it was predicted")),
                 Err(e) => failures.push(format!("{feature} absent: the error does not name it: {e}")),
@@ -721,13 +982,13 @@ impl Predictor {
         );
 
         if let Ok(first) = &base {
-            let again = self.predict(reference);
+            let again = predict(reference);
             push(
                 "deterministic",
                 again.as_ref().is_ok_and(|a| a == first),
                 "the reference rows predicted twice".into(),
             );
-            let alone = self.predict(reference.slice(ndarray::s![0..1, ..]));
+            let alone = predict(reference.slice(ndarray::s![0..1, ..]));
             push(
                 "batch_invariant",
                 alone.as_ref().is_ok_and(|a| a.first() == first.first()),

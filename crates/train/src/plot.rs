@@ -1,5 +1,6 @@
 //! Plots for papers and reports, as PNG or SVG (chosen by the file extension): metric curves
-//! of one or many runs, confusion matrices, reliability diagrams and drift histograms.
+//! of one or many runs, confusion matrices, reliability diagrams, residual plots and drift
+//! histograms.
 //!
 //! Text is drawn with an embedded DejaVu Sans, so plots look the same on every machine and
 //! need no system font library. Files are written under a temporary name and renamed, so a
@@ -406,6 +407,69 @@ impl Figure for Histograms<'_> {
         legend!(chart, SeriesLabelPosition::UpperRight);
         Ok(())
     }
+}
+
+struct Residuals<'a> {
+    truth: &'a [f64],
+    predicted: &'a [f64],
+    title: &'a str,
+    unit: &'a str,
+}
+
+impl Figure for Residuals<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let points: Vec<(f64, f64)> = self
+            .truth
+            .iter()
+            .zip(self.predicted)
+            .map(|(t, p)| (*p, t - p))
+            .filter(|(x, y)| x.is_finite() && y.is_finite())
+            .collect();
+        let xs = range(points.iter().map(|p| p.0), false);
+        // Symmetric about zero, so over- and under-prediction read alike.
+        let reach = match points.iter().map(|p| p.1.abs()).fold(0.0, f64::max) {
+            r if r > 0.0 => r * 1.05,
+            _ => 1.0, // every prediction exact
+        };
+        let unit = if self.unit.is_empty() { String::new() } else { format!(" ({})", self.unit) };
+        let mut chart = ChartBuilder::on(root)
+            .caption(self.title, (FAMILY, 26))
+            .margin(16)
+            .x_label_area_size(48)
+            .y_label_area_size(72)
+            .build_cartesian_2d(xs.0..xs.1, -reach..reach)
+            .map_err(e2s)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("predicted{unit}"))
+            .y_desc(format!("true − predicted{unit}"))
+            .label_style((FAMILY, 15))
+            .axis_desc_style((FAMILY, 17))
+            .draw()
+            .map_err(e2s)?;
+        chart.draw_series(LineSeries::new([(xs.0, 0.0), (xs.1, 0.0)], BLACK.stroke_width(1))).map_err(e2s)?;
+        let color = Palette99::pick(0).to_rgba();
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, color.mix(0.6).filled())))
+            .map_err(e2s)?
+            .label(format!("{} rows", points.len()))
+            .legend(move |(x, y)| Circle::new((x + 8, y), 4, color.filled()));
+        legend!(chart, SeriesLabelPosition::UpperRight);
+        Ok(())
+    }
+}
+
+/// A regression's residual plot: each row's error (`true − predicted`) against its
+/// prediction, around a zero line, in the target's `unit` (may be empty). A funnel or a curve
+/// shows what the model misses; rows with a non-finite value are left out.
+pub fn residual_plot(truth: &[f64], predicted: &[f64], title: &str, unit: &str, path: &Path) -> Result<()> {
+    if truth.len() != predicted.len() {
+        return Err(plot_err(path, format!("{} true values for {} predictions", truth.len(), predicted.len())));
+    }
+    if !truth.iter().zip(predicted).any(|(t, p)| t.is_finite() && p.is_finite()) {
+        return Err(plot_err(path, "nothing to draw: no row with a finite truth and prediction"));
+    }
+    render(path, &Residuals { truth, predicted, title, unit })
 }
 
 /// The most bins [`drift_histogram`] draws; more would be narrower than a pixel.

@@ -111,6 +111,11 @@ impl RegressionTask {
     pub fn target(&self) -> TargetScaler {
         self.target
     }
+
+    /// The training loss.
+    pub fn loss(&self) -> RegressionLoss {
+        self.loss
+    }
 }
 
 impl Task for RegressionTask {
@@ -211,6 +216,20 @@ impl Regressor {
         Ok(Self { arch, target, model })
     }
 
+    /// Loads weights from a safetensors file's bytes, as [`Regressor::to_safetensors`] writes
+    /// them (PyTorch's names and layouts; every parameter of `arch`, nothing else).
+    pub fn from_safetensors(arch: ModelConfig, target: TargetScaler, bytes: &[u8]) -> Result<Self> {
+        arch.validate_outputs(1)?;
+        let model = crate::classifier::model_from_safetensors(&arch, bytes)?;
+        Ok(Self { arch, target, model })
+    }
+
+    /// The weights as a safetensors file, with PyTorch's parameter names and layouts (the
+    /// target scaler is not a weight: a package keeps it in its manifest).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
+        crate::classifier::model_to_safetensors(&self.model)
+    }
+
     /// The architecture.
     pub fn arch(&self) -> &ModelConfig {
         &self.arch
@@ -243,10 +262,14 @@ pub struct RegressionReport {
     /// Rows compared.
     pub rows: usize,
     /// Root mean squared error.
+    #[serde(with = "crate::trainer::nonfinite::one")]
     pub rmse: f64,
     /// Mean absolute error.
+    #[serde(with = "crate::trainer::nonfinite::one")]
     pub mae: f64,
-    /// Coefficient of determination (1 − SSE/SST; NaN when every truth is equal).
+    /// Coefficient of determination (1 − SSE/SST; NaN when every truth is equal; in JSON a
+    /// non-finite value is the string `"NaN"`).
+    #[serde(with = "crate::trainer::nonfinite::one")]
     pub r2: f64,
 }
 
@@ -300,6 +323,13 @@ mod tests {
         assert!((r.mae - 0.625).abs() < 1e-12);
         assert!((r.r2 - (1.0 - 2.25 / 5.0)).abs() < 1e-12);
         assert!(RegressionReport::new(&[1.0], &[]).is_err());
+        // Every truth equal: R² is undefined, and the report still round-trips through JSON.
+        let flat = RegressionReport::new(&[2.0, 2.0], &[1.0, 3.0]).unwrap();
+        assert!(flat.r2.is_nan());
+        let json = serde_json::to_string(&flat).unwrap();
+        assert!(json.contains("\"r2\":\"NaN\""), "{json}");
+        let back: RegressionReport = serde_json::from_str(&json).unwrap();
+        assert!(back.r2.is_nan() && back.rmse == flat.rmse);
     }
 
     #[test]

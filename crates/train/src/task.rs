@@ -112,6 +112,13 @@ pub trait Task: Send + Sync {
     fn valid_batch_size(&self, train_batch_size: usize) -> usize {
         train_batch_size
     }
+
+    /// Whether this task weights its loss by class as `TrainConfig::class_weights` asks (it
+    /// took the weights when it was built, as [`crate::ClassifierTask`] does). [`crate::fit`]
+    /// refuses a config with class weights for a task that does not, rather than ignore them.
+    fn weights_classes(&self) -> bool {
+        false
+    }
 }
 
 /// What one step of a [`Task`] computed.

@@ -183,3 +183,114 @@ fn train_plot_serve_load_test_and_sweep() {
     assert_eq!(store.run(parent).unwrap().status(), kiln_track::RunStatus::Completed);
     assert!(sweep_dir.join("study.jsonl").is_file());
 }
+
+/// `task = "regression"`: the shipped penguins body-mass config trains on the rows with a
+/// target (the others quarantined and logged), reports RMSE/MAE/R² in grams, logs a residual
+/// plot, packages the target scaler (format 4) and registers behind a lower-is-better gate;
+/// kiln-serve refuses the package with a reason instead of serving it as a classifier.
+#[test]
+fn a_regression_trains_evaluates_and_registers_behind_a_lower_is_better_gate() {
+    let mass = repo_file("examples/configs/penguins_regression.toml").display().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let summary = ok_json(&kiln(&store_dir, &["train", "--config", &mass, "--set", "train.epochs=80", "--json"]));
+    assert_eq!(summary["task"], "regression", "{summary}");
+    let rmse = summary["test"]["rmse"].as_f64().unwrap();
+    let mae = summary["test"]["mae"].as_f64().unwrap();
+    // Body mass spreads ~800 g; the measurements, species and sex explain most of it.
+    assert!(rmse > 100.0 && rmse < 450.0 && mae < rmse, "{summary}");
+    assert!(summary["test"]["r2"].as_f64().unwrap() > 0.6, "{summary}");
+    assert_eq!(summary["quarantined_rows"], 2, "{summary}");
+    assert_eq!(summary["registered"]["version"], 1, "{summary}");
+
+    let store = Store::open(&store_dir).unwrap();
+    let run_id = summary["run_id"].as_str().unwrap().to_string();
+    let run = store.run(&run_id).unwrap();
+    assert_eq!(run.params["data.task"], "regression");
+    assert_eq!(run.params["model.task"], "regression");
+    for artifact in ["model", "eval_report.json", "residuals.svg", "quarantine.parquet"] {
+        assert!(run.artifacts.contains_key(artifact), "{artifact}: {:?}", run.artifacts.keys());
+    }
+    let residuals = store.object_path(&run.artifacts["residuals.svg"].files[0].digest).unwrap();
+    let svg = std::fs::read_to_string(residuals).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("true − predicted (body_mass_g)"), "{}", &svg[..300]);
+    let metrics = store.metrics(&run_id).unwrap();
+    let last = |key: &str| metrics.iter().filter(|p| p.key == key).map(|p| p.value).next_back();
+    assert_eq!(last("test_rmse"), Some(rmse));
+    assert!(last("val_rmse").is_some() && last("train_r2").is_some());
+
+    let version = store.registry().resolve("penguins-mass", "production").unwrap();
+    assert_eq!(version.metrics["test_rmse"], rmse);
+    let package = kiln_train::ModelPackage::read(&version.package_dir).unwrap();
+    assert_eq!(package.manifest.format_version, 4);
+    assert!(matches!(package.manifest.task, kiln_train::PackageTask::Regression { .. }));
+    assert_eq!(package.regression_eval().map(|r| r.rmse), Some(rmse));
+    let predictor = package.into_predictor().unwrap();
+    let record = |species: &str, flipper: f64| -> std::collections::HashMap<String, kiln_data::pipeline::Value> {
+        use kiln_data::pipeline::Value;
+        [
+            ("species", Value::Text(species.into())),
+            ("island", Value::Text("Biscoe".into())),
+            ("bill_length_mm", Value::Number(46.0)),
+            ("bill_depth_mm", Value::Number(15.0)),
+            ("flipper_length_mm", Value::Number(flipper)),
+            ("sex", Value::Text("male".into())),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    };
+    let grams = predictor.predict_values_records(&[record("Gentoo", 225.0), record("Adelie", 185.0)]).unwrap();
+    assert!(grams[0] > 4500.0 && grams[0] < 6500.0 && grams[0] > grams[1] + 500.0, "{grams:?}");
+    let err = predictor.predict_records(&[record("Gentoo", 225.0)]).unwrap_err().to_string();
+    assert!(err.contains("regression model") && err.contains("predict_values"), "{err}");
+
+    // A gate the model cannot pass: lower is better, so 1 g is a maximum.
+    let out = kiln(
+        &store_dir,
+        &["train", "--config", &mass, "--set", "train.epochs=5", "--set", "register.require={test_rmse=1.0}"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(stdout(&out).contains("is above the maximum 1"), "{}", stdout(&out));
+    assert_eq!(store.registry().versions("penguins-mass").unwrap().len(), 1);
+
+    // No confusion matrix for a regression: the error says where its plot is.
+    let out = kiln(&store_dir, &["runs", "plot", &run_id, "--kind", "confusion", "--out", "cm.svg"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("residuals.svg"), "{err}");
+
+    // kiln-serve answers classes: it refuses the package and says why.
+    let out = kiln(&store_dir, &["serve", "-m", "penguins-mass", "--addr", "127.0.0.1:0"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("classification packages only"), "{err}");
+
+    // A sweep worker optimises val_rmse (lower is better) over regression trials.
+    let journal = dir.path().join("mass-study.jsonl");
+    let out = kiln(
+        &store_dir,
+        &[
+            "train",
+            "--config",
+            &mass,
+            "--set",
+            "train.epochs=4",
+            "--study",
+            journal.to_str().unwrap(),
+            "--trials",
+            "2",
+            "--json",
+        ],
+    );
+    let worker = ok_json(&out);
+    assert_eq!(worker["completed"], 2, "{worker}");
+    let best = worker["best"]["value"].as_f64().unwrap();
+    assert!(best.is_finite() && best > 0.0, "val_rmse in grams: {worker}");
+
+    // A regression of a text column, and a regression loss on a classification, are refused.
+    let out = kiln(&store_dir, &["train", "--config", &mass, "--set", "data.label=species"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"species\"") && err.contains("must hold a number"), "{err}");
+    let out = kiln(&store_dir, &["train", "--config", &config(), "--set", "loss={kind=\"mse\"}"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("loss is set") && err.contains("regression"), "{err}");
+}

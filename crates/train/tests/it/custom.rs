@@ -409,6 +409,68 @@ fn the_regression_task_reports_and_predicts_in_the_targets_units() {
     let report = RegressionReport::new(&truth, &predicted).unwrap();
     assert!((report.rmse - rmse).abs() < 1e-3 * rmse, "{} vs {rmse}", report.rmse);
     assert!((report.mae - best.metric("val_mae").unwrap()).abs() < 1e-3 * report.mae);
+
+    // Packaged (format 4, with the target scaler), read back, it predicts the same grams.
+    use kiln_train::{InferencePrecision, ModelPackage, PackageSpec, PackageTask};
+    let spec = |labels: kiln_data::LabelEncoder| PackageSpec {
+        name: "mass".into(),
+        train_config: config.clone(),
+        features: (0..4).map(|i| format!("f{i}")).collect(),
+        input_schema: kiln_data::Schema::new(Vec::new()),
+        scaler: None,
+        pipeline: None,
+        labels,
+        label_column: "grams".into(),
+        metrics: Default::default(),
+        lineage: Default::default(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    ModelPackage::regression(&fitted, &task, spec(Default::default()))
+        .unwrap()
+        .with_regression_eval(report)
+        .unwrap()
+        .save(dir.path())
+        .unwrap();
+    let manifest = std::fs::read_to_string(dir.path().join(kiln_train::MANIFEST_FILE)).unwrap();
+    assert!(manifest.contains("\"format_version\": 4") && manifest.contains("\"regression\""), "{manifest}");
+    let package = ModelPackage::read(dir.path()).unwrap();
+    assert_eq!(package.manifest.task, PackageTask::Regression { target: scaler, loss: RegressionLoss::Mse });
+    assert_eq!(package.manifest.metrics["test_rmse"], report.rmse);
+    assert_eq!(package.regression_eval(), Some(&report));
+    let predictor = package.into_predictor().unwrap();
+    let raw = xv.mapv(f64::from);
+    assert_eq!(predictor.predict_values(raw.view()).unwrap(), predicted, "the same numbers after a round trip");
+    let err = predictor.predict(raw.view()).unwrap_err().to_string();
+    assert!(err.contains("regression model") && err.contains("predict_values"), "{err}");
+    let checks = predictor.failure_checks(raw.view());
+    let names: Vec<&str> = checks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "finite_predictions",
+            "constant_inputs",
+            "out_of_range_values",
+            "missing_features",
+            "deterministic",
+            "batch_invariant"
+        ]
+    );
+    assert!(checks.iter().all(|c| c.passed), "{checks:?}");
+    let err = predictor.with_precision(InferencePrecision::Int8).unwrap_err().to_string();
+    assert!(err.contains("F32 only"), "{err}");
+
+    // What does not fit is refused: labels on a regression, weights of another task, a
+    // regression report on a classifier's package, class weights a task does not apply.
+    let labels = kiln_data::LabelEncoder::fit(&["a".to_string(), "b".to_string()]);
+    let err = ModelPackage::regression(&fitted, &task, spec(labels)).unwrap_err().to_string();
+    assert!(err.contains("no class labels"), "{err}");
+    let other = RegressionTask::new(ModelConfig::mlp(4, &[8], 1), RegressionLoss::Mse, scaler).unwrap();
+    let err = ModelPackage::regression(&fitted, &other, spec(Default::default())).unwrap_err().to_string();
+    assert!(err.contains("another task"), "{err}");
+    let weighted = TrainConfig { class_weights: kiln_train::ClassWeights::Balanced, ..config.clone() };
+    let train = Rows::new("training", Array2::zeros((4, 4)), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+    let err = fit(&weighted, &task, train, None, None, &mut ()).unwrap_err().to_string();
+    assert!(err.contains("class_weights") && err.contains("does not weight"), "{err}");
 }
 
 /// The shipped multi-label task: three labels from different rules on the features; the

@@ -182,7 +182,7 @@ fn damaged_packages_are_refused() {
 
     package(f).save(dir.path()).unwrap();
     let manifest = dir.path().join(kiln_train::MANIFEST_FILE);
-    let current = format!("\"format_version\": {}", kiln_train::PACKAGE_FORMAT_VERSION);
+    let current = format!("\"format_version\": {}", kiln_train::PackageTask::Classification.format_version());
     let text = std::fs::read_to_string(&manifest).unwrap();
     assert!(text.contains(&current));
     let text = text.replace(&current, "\"format_version\": 99");
@@ -264,7 +264,7 @@ fn format_2_packages_still_load_and_resave_as_format_3() {
     ModelPackage::read(&old).unwrap().save(dir.path()).unwrap();
     assert!(dir.path().join("weights.safetensors").is_file() && !dir.path().join("weights.mpk").exists());
     let resaved = ModelPackage::read(dir.path()).unwrap();
-    assert_eq!(resaved.manifest.format_version, kiln_train::PACKAGE_FORMAT_VERSION);
+    assert_eq!(resaved.manifest.format_version, 3, "a classifier is written in format 3");
     assert_eq!(resaved.manifest.files.keys().collect::<Vec<_>>(), ["weights.safetensors"]);
     let after = resaved.into_predictor().unwrap().predict(raw.view()).unwrap();
     assert_eq!(before, after);

@@ -1,6 +1,6 @@
 //! Plots written as real PNG and SVG files, checked by reading the files back.
 
-use kiln_train::plot::{Series, calibration_curve, confusion_matrix, drift_histogram, line_chart};
+use kiln_train::plot::{Series, calibration_curve, confusion_matrix, drift_histogram, line_chart, residual_plot};
 use kiln_train::{Error, calibration_bins, expected_calibration_error};
 use ndarray::array;
 
@@ -25,6 +25,8 @@ fn every_plot_writes_png_and_svg() {
     let bins = calibration_bins(&truth, p.view(), 10).unwrap();
     let reference: Vec<f64> = (0..500).map(|i| (i % 50) as f64).collect();
     let current: Vec<f64> = (0..300).map(|i| (i % 50) as f64 + 10.0).collect();
+    let grams: Vec<f64> = (0..80).map(|i| 3000.0 + 40.0 * i as f64).collect();
+    let predicted: Vec<f64> = grams.iter().enumerate().map(|(i, g)| g + 150.0 * ((i % 7) as f64 - 3.0)).collect();
     for ext in ["png", "svg"] {
         let path = |name: &str| dir.path().join(format!("{name}.{ext}"));
         line_chart(&[loss.clone(), acc.clone()], "curves", "epoch", "value", false, &path("curves")).unwrap();
@@ -32,7 +34,8 @@ fn every_plot_writes_png_and_svg() {
         confusion_matrix(&confusion, &labels, "confusion", &path("confusion")).unwrap();
         calibration_curve(&bins, "reliability", &path("calibration")).unwrap();
         drift_histogram(&reference, &current, 20, "drift", "bill_length_mm", &path("drift")).unwrap();
-        for name in ["curves", "log", "confusion", "calibration", "drift"] {
+        residual_plot(&grams, &predicted, "residuals", "g", &path("residuals")).unwrap();
+        for name in ["curves", "log", "confusion", "calibration", "drift", "residuals"] {
             if ext == "png" {
                 assert_eq!(png_size(&path(name)), (960, 600), "{name}");
             } else {
@@ -45,6 +48,11 @@ fn every_plot_writes_png_and_svg() {
     assert!(svg("curves").contains("val_loss") && svg("curves").contains("val_accuracy"));
     assert!(svg("confusion").contains("emu") && svg("confusion").contains(">\n9\n</text>"), "counts in the cells");
     assert!(svg("drift").contains("reference (500 rows)") && svg("drift").contains("current (300 rows)"));
+    assert!(svg("residuals").contains("80 rows") && svg("residuals").contains("true − predicted (g)"));
+    // Perfect predictions still draw (a zero-height range would break the axis).
+    residual_plot(&grams, &grams, "exact", "", &dir.path().join("exact.png")).unwrap();
+    let err = residual_plot(&grams, &grams[1..], "bad", "g", &dir.path().join("bad.svg")).unwrap_err().to_string();
+    assert!(err.contains("80 true values for 79 predictions"), "{err}");
     // No temporary files are left next to the plots.
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
