@@ -903,7 +903,7 @@ fn train(
                 let package = ModelPackage::new(trained, spec(encoder.clone()))?
                     .with_profile(profile)
                     .with_eval(evaluation.clone());
-                (package, Evaluation::Classes(evaluation))
+                (package, Evaluation::Classes(Box::new(evaluation)))
             }
             (Outcome::Regression { fitted, task }, Sets::Numeric { test, .. }) => {
                 let regressor = Regressor::from_weights(task.arch().clone(), task.target(), &fitted.weights)?;
@@ -1017,7 +1017,7 @@ fn train(
 
 /// A test evaluation, by task.
 enum Evaluation {
-    Classes(EvalReport),
+    Classes(Box<EvalReport>),
     Numbers(RegressionReport),
 }
 

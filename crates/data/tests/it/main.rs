@@ -4,6 +4,7 @@
 
 mod drift;
 mod ingest;
+mod npy;
 mod pipeline;
 mod profile;
 mod split;
