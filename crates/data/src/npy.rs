@@ -101,14 +101,14 @@ impl DType {
         }
     }
 
-    /// Parses a `descr` such as `<f4` or `|u1`: the type and whether it is big-endian.
+    /// Parses a `descr` such as `<f4` or `|u1` (or `f4`, native order): the type and whether
+    /// it is big-endian.
     fn parse(descr: &str) -> Option<(Self, bool)> {
-        let (order, code) = descr.split_at_checked(1)?;
-        let big = match order {
-            "<" | "|" => false,
-            ">" => true,
-            "=" => cfg!(target_endian = "big"),
-            _ => return None,
+        let (big, code) = match descr.split_at_checked(1)? {
+            ("<" | "|", code) => (false, code),
+            (">", code) => (true, code),
+            ("=", code) => (cfg!(target_endian = "big"), code),
+            _ => (cfg!(target_endian = "big"), descr),
         };
         let dtype = match code {
             "b1" => Self::Bool,
@@ -227,6 +227,7 @@ impl Element for f32 {
     fn decode(from: DType, bytes: &[u8], big: bool) -> Self {
         match from {
             DType::F32 => f32::from_le_bytes(le(bytes, big)),
+            DType::F16 => half_to_f32(u16::from_le_bytes(le(bytes, big))),
             other => as_f64(other, bytes, big) as f32, // exact for the accepted types
         }
     }
@@ -262,9 +263,11 @@ impl Bytes {
 /// Maps `file` read-only.
 #[allow(unsafe_code)]
 fn map(file: &File, path: &Path) -> Result<memmap2::Mmap> {
-    // SAFETY: the map is read-only and private to this process; kiln never writes through it.
-    // Another process truncating the file while it is mapped would make reads fault (as with
-    // NumPy's mmap_mode="r"); training data is not rewritten in place while it is read.
+    // SAFETY: kiln never writes through the map, and reads it only as bytes it copies out
+    // (every read is bounds-checked against the length mapped). The map is shared with the
+    // file: the caller must not let the file be modified or truncated while it is open (the
+    // documented requirement of `NpyArray::open` and `Npz::open`, the same as NumPy's
+    // mmap_mode="r"); a truncation would end the process with SIGBUS on the next read.
     unsafe { memmap2::Mmap::map(file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })
 }
 
@@ -297,6 +300,14 @@ fn bad(name: &str, message: impl Into<String>) -> Error {
     Error::InvalidArgument(format!("{name}: {}", message.into()))
 }
 
+/// `text` quoted, cut to 200 characters for an error message.
+fn clip(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{:?}…", &text[..at]),
+        None => format!("{text:?}"),
+    }
+}
+
 /// File identity for fingerprints: path, size and modification time in nanoseconds.
 fn file_identity(path: &Path, file: &File) -> Result<String> {
     let meta = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
@@ -308,6 +319,10 @@ fn file_identity(path: &Path, file: &File) -> Result<String> {
 impl NpyArray {
     /// Opens a `.npy` file, memory-mapped. A malformed header, Fortran order, an unsupported
     /// type or a file shorter than its shape says is an error naming the file and the field.
+    ///
+    /// The file must not be modified or truncated while the array is open (write a new file
+    /// and rename it over the old one instead): a truncated map ends the process with SIGBUS,
+    /// as with NumPy's `mmap_mode="r"`. [`NpyArray::read`] copies the file into memory instead.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
@@ -315,6 +330,17 @@ impl NpyArray {
         let bytes = Bytes::Mapped(map(&file, path)?);
         let end = bytes.as_slice().len();
         Self::parse(path.display().to_string(), Arc::new(bytes), 0, end, identity)
+    }
+
+    /// Reads a `.npy` file into memory (no map: for files that may change while read, and
+    /// for file systems that do not map well).
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let identity = file_identity(path, &file)?;
+        let end = bytes.len();
+        Self::parse(path.display().to_string(), Arc::new(Bytes::Owned(bytes)), 0, end, identity)
     }
 
     /// Reads an array from `.npy` bytes in memory; `name` stands for them in errors.
@@ -332,19 +358,26 @@ impl NpyArray {
             return Err(bad(&name, "not a NumPy .npy file (the magic string \\x93NUMPY is missing)"));
         }
         let (major, minor) = (data[6], data[7]);
-        let (header_len, header_start) = match major {
-            1 => (usize::from(u16::from_le_bytes([data[8], data[9]])), 10),
-            2 | 3 if data.len() >= 12 => (u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as usize, 12),
+        let (header_len, header_start): (usize, usize) = match (major, minor) {
+            (1, 0) => (usize::from(u16::from_le_bytes([data[8], data[9]])), 10),
+            (2 | 3, 0) => match data.get(8..12) {
+                Some(b) => (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize, 12),
+                None => return Err(bad(&name, "truncated: the file ends inside the header length")),
+            },
             _ => {
-                return Err(bad(&name, format!("format version {major}.{minor} is not supported (1.0 to 3.0 are)")));
+                return Err(bad(
+                    &name,
+                    format!("format version {major}.{minor} is not supported (1.0, 2.0 and 3.0 are)"),
+                ));
             }
         };
-        let header = data
-            .get(header_start..header_start + header_len)
+        let header = header_start
+            .checked_add(header_len)
+            .and_then(|end| data.get(header_start..end))
             .ok_or_else(|| bad(&name, format!("truncated: the header says {header_len} bytes, the file ends first")))?;
-        let header = std::str::from_utf8(header)
-            .map_err(|_| bad(&name, "the header is not text (expected a Python dict literal)"))?;
-        let dict = parse_header(header).map_err(|m| bad(&name, format!("header {header:?}: {m}")))?;
+        // Versions 1 and 2 are latin-1, version 3 UTF-8; the fields kiln reads are ASCII.
+        let header = String::from_utf8_lossy(header);
+        let dict = parse_header(&header).map_err(|m| bad(&name, format!("header {}: {m}", clip(&header))))?;
         let descr = dict.descr.ok_or_else(|| bad(&name, "header field 'descr' is missing"))?;
         let (dtype, big_endian) = DType::parse(&descr).ok_or_else(|| {
             bad(
@@ -414,18 +447,23 @@ impl NpyArray {
     /// Checks that items can decode into `T`, naming the file and both types if not.
     pub fn check<T: Element>(&self) -> Result<()> {
         if T::accepts(self.dtype) {
-            Ok(())
-        } else {
-            Err(bad(
-                &self.name,
-                format!(
-                    "holds {}, which does not convert exactly to {} (ask for {} or a wider type)",
-                    self.dtype,
-                    T::DTYPE,
-                    self.dtype
-                ),
-            ))
+            return Ok(());
         }
+        let takers: Vec<&str> = [
+            (u8::accepts(self.dtype), "u8"),
+            (i64::accepts(self.dtype), "i64"),
+            (f32::accepts(self.dtype), "f32"),
+            (f64::accepts(self.dtype), "f64"),
+        ]
+        .into_iter()
+        .filter_map(|(ok, name)| ok.then_some(name))
+        .collect();
+        let hint = if takers.is_empty() {
+            "no element type holds it exactly; read its bytes with item_bytes".to_string()
+        } else {
+            format!("ask for {}", takers.join(" or "))
+        };
+        Err(bad(&self.name, format!("holds {}, which does not convert exactly to {} ({hint})", self.dtype, T::DTYPE)))
     }
 
     /// The raw bytes of item `index`, in the file's byte order.
@@ -487,13 +525,13 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
     let mut header = Header::default();
     let mut rest = body.trim_start();
     while !rest.is_empty() {
-        let (key, after) = quoted(rest).ok_or_else(|| format!("expected a quoted key at {rest:?}"))?;
+        let (key, after) = quoted(rest).ok_or_else(|| format!("expected a quoted key at {}", clip(rest)))?;
         let after = after.trim_start().strip_prefix(':').ok_or_else(|| format!("expected ':' after '{key}'"))?;
         let after = after.trim_start();
         rest = match key.as_str() {
             "descr" => {
                 let (value, after) = quoted(after).ok_or_else(|| {
-                    format!("'descr' is not a quoted type string (structured types are not supported): {after:?}")
+                    format!("'descr' is not a quoted type string (structured types are not supported): {}", clip(after))
                 })?;
                 header.descr = Some(value);
                 after
@@ -504,7 +542,7 @@ fn parse_header(text: &str) -> std::result::Result<Header, String> {
                 } else if let Some(a) = after.strip_prefix("False") {
                     (false, a)
                 } else {
-                    return Err(format!("'fortran_order' is not True or False: {after:?}"));
+                    return Err(format!("'fortran_order' is not True or False: {}", clip(after)));
                 };
                 header.fortran_order = Some(value);
                 after
@@ -665,15 +703,15 @@ struct Member {
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+    Some(u16::from_le_bytes(b.get(at..at.checked_add(2)?)?.try_into().ok()?))
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    Some(u32::from_le_bytes(b.get(at..at.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn u64_at(b: &[u8], at: usize) -> Option<u64> {
-    Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
+    Some(u64::from_le_bytes(b.get(at..at.checked_add(8)?)?.try_into().ok()?))
 }
 
 impl Npz {
@@ -687,6 +725,15 @@ impl Npz {
         let name = path.display().to_string();
         let members = directory(bytes.as_slice()).map_err(|m| bad(&name, format!("not a readable .npz: {m}")))?;
         Ok(Self { path, bytes, identity, members })
+    }
+
+    /// Reads an archive from bytes in memory; `name` stands for them in errors.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let name = name.into();
+        let identity = format!("{name}:{}", blake3::hash(&bytes).to_hex());
+        let bytes = Arc::new(Bytes::Owned(bytes));
+        let members = directory(bytes.as_slice()).map_err(|m| bad(&name, format!("not a readable .npz: {m}")))?;
+        Ok(Self { path: PathBuf::from(name), bytes, identity, members })
     }
 
     /// The member names (without `.npy`), sorted.
@@ -705,11 +752,11 @@ impl Npz {
         if u32_at(all, local) != Some(0x0403_4b50) {
             return Err(bad(&label, "the member's local header is damaged"));
         }
-        let (name_len, extra_len) = (u16_at(all, local + 26), u16_at(all, local + 28));
+        let (name_len, extra_len) = (u16_at(all, local.saturating_add(26)), u16_at(all, local.saturating_add(28)));
         let (Some(name_len), Some(extra_len)) = (name_len, extra_len) else {
             return Err(bad(&label, "truncated member header"));
         };
-        let start = local + 30 + usize::from(name_len) + usize::from(extra_len);
+        let start = local.saturating_add(30 + usize::from(name_len) + usize::from(extra_len));
         let end = start.checked_add(member.compressed).filter(|e| *e <= all.len());
         let Some(end) = end else {
             return Err(bad(
@@ -721,8 +768,16 @@ impl Npz {
         match member.method {
             0 => NpyArray::parse(label, Arc::clone(&self.bytes), start, end, identity),
             8 => {
-                let mut out = Vec::with_capacity(member.size);
+                let mut out = Vec::new();
+                out.try_reserve_exact(member.size).map_err(|_| {
+                    bad(
+                        &label,
+                        format!("the member inflates to {} bytes, more than this machine can hold", member.size),
+                    )
+                })?;
+                // One byte more than the directory says, to notice a member that inflates further.
                 flate2::read::DeflateDecoder::new(&all[start..end])
+                    .take(member.size as u64 + 1)
                     .read_to_end(&mut out)
                     .map_err(|e| bad(&label, format!("cannot inflate the member: {e}")))?;
                 if out.len() != member.size {
@@ -749,11 +804,12 @@ fn directory(b: &[u8]) -> std::result::Result<BTreeMap<String, Member>, String> 
         .ok_or("no end-of-central-directory record (not a ZIP archive, or truncated)")?;
     let mut count = u64::from(u16_at(b, eocd + 10).ok_or("truncated directory record")?);
     let mut offset = u64::from(u32_at(b, eocd + 16).ok_or("truncated directory record")?);
-    if count == 0xffff || offset == 0xffff_ffff {
-        // ZIP64: the locator sits right before the record.
-        let locator =
-            eocd.checked_sub(20).filter(|l| u32_at(b, *l) == Some(0x0706_4b50)).ok_or("ZIP64 locator missing")?;
-        let record = u64_at(b, locator + 8).ok_or("truncated ZIP64 locator")? as usize;
+    // ZIP64: the locator sits right before the record (a count of exactly 0xffff may also be
+    // a plain archive of that many members, without one).
+    let locator = eocd.checked_sub(20).filter(|l| u32_at(b, *l) == Some(0x0706_4b50));
+    if let Some(locator) = locator.filter(|_| count == 0xffff || offset == 0xffff_ffff) {
+        let record = u64_at(b, locator + 8).ok_or("truncated ZIP64 locator")?;
+        let record = usize::try_from(record).map_err(|_| "ZIP64 record offset out of range")?;
         if u32_at(b, record) != Some(0x0606_4b50) {
             return Err("ZIP64 directory record missing".into());
         }
@@ -772,10 +828,12 @@ fn directory(b: &[u8]) -> std::result::Result<BTreeMap<String, Member>, String> 
             (usize::from(field(28)?), usize::from(field(30)?), usize::from(field(32)?));
         let word = |o: usize| u32_at(b, at + o).ok_or("truncated directory entry");
         let (mut compressed, mut size, mut header) = (u64::from(word(20)?), u64::from(word(24)?), u64::from(word(42)?));
-        let name_bytes = b.get(at + 46..at + 46 + name_len).ok_or("truncated member name")?;
+        let name_start = at.checked_add(46).ok_or("directory entry offset out of range")?;
+        let name_bytes = b.get(name_start..name_start + name_len).ok_or("truncated member name")?;
         let name = String::from_utf8_lossy(name_bytes).into_owned();
         // ZIP64 extra field: the values that overflowed, in order size, compressed, offset.
-        let mut extra = b.get(at + 46 + name_len..at + 46 + name_len + extra_len).ok_or("truncated extra field")?;
+        let extra_start = name_start + name_len;
+        let mut extra = b.get(extra_start..extra_start + extra_len).ok_or("truncated extra field")?;
         while extra.len() >= 4 {
             let (id, len) = (u16_at(extra, 0).unwrap_or(0), usize::from(u16_at(extra, 2).unwrap_or(0)));
             let data = extra.get(4..4 + len).ok_or("truncated extra field")?;
@@ -800,7 +858,7 @@ fn directory(b: &[u8]) -> std::result::Result<BTreeMap<String, Member>, String> 
                 Member { header: usize_of(header)?, compressed: usize_of(compressed)?, size: usize_of(size)?, method },
             );
         }
-        at += 46 + name_len + extra_len + comment_len;
+        at = extra_start + extra_len + comment_len;
     }
     Ok(members)
 }

@@ -29,7 +29,9 @@ use std::marker::PhantomData;
 use burn_dataset::Dataset;
 use kiln_data::{Source, SplitMix64};
 
-/// A burn `Dataset<I>` as a kiln-data [`Source`] of `I`: see the [module docs](self).
+/// A burn `Dataset<I>` as a kiln-data [`Source`] of `I`, with the identity that stands for its
+/// content in checkpoints. Augmentation that must replay on resume belongs in a
+/// [`kiln_data::from_fn`] source around it (which gets kiln's per-item generator).
 pub struct BurnDataset<D, I> {
     name: String,
     dataset: D,
