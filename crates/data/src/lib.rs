@@ -16,7 +16,8 @@
 //! an image, a window of an array on disk) with a per-item generator for augmentation, and a
 //! loader cuts epochs into batches in a seeded [`Order`], decoding ahead on worker threads yet
 //! handing batches over in order, so results do not depend on the number of workers.
-//! [`npy`] reads NumPy `.npy` files and `.npz` archives item by item, memory-mapped, as sources.
+//! [`npy`] reads NumPy `.npy` files and `.npz` archives item by item, memory-mapped, as sources;
+//! [`images`] reads folders of PNG and JPEG images with class labels.
 //!
 //! kiln-data depends on no other kiln crate. kiln-train turns its matrices into tensors, and
 //! kiln-serve uses [`Schema::check_row`] to hold requests to the training schema.
@@ -43,6 +44,7 @@ mod dataset;
 pub mod datasets;
 pub mod drift;
 mod error;
+pub mod images;
 pub mod ingest;
 pub mod npy;
 pub mod pipeline;

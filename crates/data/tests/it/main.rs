@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 mod drift;
+mod images;
 mod ingest;
 mod npy;
 mod pipeline;
