@@ -144,6 +144,13 @@ pub trait Element: Copy + Default + Send + Sync + 'static {
     /// Converts one element of type `from` from its bytes (in file order, `big` if
     /// big-endian). Called only for types [`Element::accepts`].
     fn decode(from: DType, bytes: &[u8], big: bool) -> Self;
+
+    /// Converts a run of elements of type `from` (`bytes.len()` a multiple of its size) onto
+    /// `out`. The default converts one at a time; the common cases (the same type, `u8` to a
+    /// float) are overridden with loops the compiler vectorises.
+    fn decode_all(from: DType, bytes: &[u8], big: bool, out: &mut Vec<Self>) {
+        out.extend(bytes.chunks_exact(from.size()).map(|b| Self::decode(from, b, big)));
+    }
 }
 
 /// The bytes of one element as a fixed array, in little-endian order.
@@ -201,6 +208,9 @@ impl Element for u8 {
     fn decode(_: DType, bytes: &[u8], _: bool) -> Self {
         bytes[0]
     }
+    fn decode_all(_: DType, bytes: &[u8], _: bool, out: &mut Vec<Self>) {
+        out.extend_from_slice(bytes);
+    }
 }
 
 impl Element for i64 {
@@ -231,6 +241,15 @@ impl Element for f32 {
             other => as_f64(other, bytes, big) as f32, // exact for the accepted types
         }
     }
+    fn decode_all(from: DType, bytes: &[u8], big: bool, out: &mut Vec<Self>) {
+        match from {
+            DType::U8 => out.extend(bytes.iter().map(|b| f32::from(*b))),
+            DType::F32 if !big => {
+                out.extend(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+            }
+            _ => out.extend(bytes.chunks_exact(from.size()).map(|b| Self::decode(from, b, big))),
+        }
+    }
 }
 
 impl Element for f64 {
@@ -240,6 +259,12 @@ impl Element for f64 {
     }
     fn decode(from: DType, bytes: &[u8], big: bool) -> Self {
         as_f64(from, bytes, big)
+    }
+    fn decode_all(from: DType, bytes: &[u8], big: bool, out: &mut Vec<Self>) {
+        match from {
+            DType::U8 => out.extend(bytes.iter().map(|b| f64::from(*b))),
+            _ => out.extend(bytes.chunks_exact(from.size()).map(|b| Self::decode(from, b, big))),
+        }
     }
 }
 
@@ -483,8 +508,8 @@ impl NpyArray {
     pub fn item<T: Element>(&self, index: usize) -> Result<ArrayD<T>> {
         self.check::<T>()?;
         let raw = self.item_bytes(index)?;
-        let size = self.dtype.size();
-        let values: Vec<T> = raw.chunks_exact(size).map(|b| T::decode(self.dtype, b, self.big_endian)).collect();
+        let mut values: Vec<T> = Vec::with_capacity(raw.len() / self.dtype.size());
+        T::decode_all(self.dtype, raw, self.big_endian, &mut values);
         ArrayD::from_shape_vec(IxDyn(self.item_shape()), values).map_err(|e| Error::Item {
             source_name: self.name.clone(),
             index,
