@@ -244,13 +244,8 @@ impl Source for ImageFolder {
         let mut hasher = blake3::Hasher::new();
         hasher.update(format!("{:?}{:?}", self.classes, self.options).as_bytes());
         for (path, class) in &self.items {
-            let meta = std::fs::metadata(path).map_err(io(path))?;
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_nanos());
-            hasher.update(format!("{}\0{class}\0{}\0{mtime}\n", path.display(), meta.len()).as_bytes());
+            let stat = crate::version::stat(path)?;
+            hasher.update(format!("{}\0{class}\0{}\0{}\n", path.display(), stat.size, stat.mtime_ns).as_bytes());
         }
         let digest = format!("images:{}", hasher.finalize().to_hex());
         Ok(self.digest.get_or_init(|| digest).clone())

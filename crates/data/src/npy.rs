@@ -334,11 +334,9 @@ fn clip(text: &str) -> String {
 }
 
 /// File identity for fingerprints: path, size and modification time in nanoseconds.
-fn file_identity(path: &Path, file: &File) -> Result<String> {
-    let meta = file.metadata().map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-    let mtime =
-        meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    Ok(format!("{}:{}:{mtime}", path.display(), meta.len()))
+fn file_identity(path: &Path) -> Result<String> {
+    let stat = crate::version::stat(path)?;
+    Ok(format!("{}:{}:{}", path.display(), stat.size, stat.mtime_ns))
 }
 
 impl NpyArray {
@@ -351,7 +349,7 @@ impl NpyArray {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let identity = file_identity(path, &file)?;
+        let identity = file_identity(path)?;
         let bytes = Bytes::Mapped(map(&file, path)?);
         let end = bytes.as_slice().len();
         Self::parse(path.display().to_string(), Arc::new(bytes), 0, end, identity)
@@ -362,8 +360,7 @@ impl NpyArray {
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let identity = file_identity(path, &file)?;
+        let identity = file_identity(path)?;
         let end = bytes.len();
         Self::parse(path.display().to_string(), Arc::new(Bytes::Owned(bytes)), 0, end, identity)
     }
@@ -745,7 +742,7 @@ impl Npz {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let identity = file_identity(&path, &file)?;
+        let identity = file_identity(&path)?;
         let bytes = Arc::new(Bytes::Mapped(map(&file, &path)?));
         let name = path.display().to_string();
         let members = directory(bytes.as_slice()).map_err(|m| bad(&name, format!("not a readable .npz: {m}")))?;

@@ -100,13 +100,14 @@ pub struct ContentDigest {
     pub hashed: usize,
 }
 
-struct Stat {
-    size: u64,
-    mtime_ns: i128,
-    inode: u64,
+/// A file's size, modification time and inode: what says it changed without reading it.
+pub(crate) struct Stat {
+    pub(crate) size: u64,
+    pub(crate) mtime_ns: i128,
+    pub(crate) inode: u64,
 }
 
-fn stat(path: &Path) -> Result<Stat> {
+pub(crate) fn stat(path: &Path) -> Result<Stat> {
     let meta = std::fs::metadata(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
     let mtime_ns = meta
         .modified()
